@@ -1,0 +1,731 @@
+//! Configuration: the TOML file, read into raw serde structs, then validated into a typed [`Config`].
+//!
+//! Validation collects every problem it finds instead of stopping at the first, and each
+//! [`ConfigError`] names the file, the line and the dotted key, so that `tandem --check` can print a
+//! complete list. A `Config` that exists is valid: the rest of tandem never re-checks it.
+
+mod raw;
+mod units;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use raw::{RawBackend, RawConfig, RawPool};
+
+/// A validated configuration, as every other module sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub log: LogConfig,
+    pub forwarded: ForwardedConfig,
+    pub pools: Vec<PoolConfig>,
+}
+
+/// The public listeners and the limits each client connection is held to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
+    pub addresses: Vec<SocketAddr>,
+    /// Connections beyond this wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted (431 above it).
+    pub max_header_size: usize,
+    /// Most header fields accepted in one request (431 above it).
+    pub max_headers: usize,
+    /// Longest request target accepted (414 above it).
+    pub max_uri_length: usize,
+    /// How long a SIGTERM drain waits for in-flight requests before exiting anyway.
+    pub shutdown_timeout: Duration,
+}
+
+/// Where logs go and how they look.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `tandem=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: AccessLogTarget,
+}
+
+/// Line format of the application and access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Destination of the access log (one line per request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// Which clients may speak for the real client through X-Forwarded-* headers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ForwardedConfig {
+    /// Peers in these networks (other proxies) get their X-Forwarded-For chain appended to; any
+    /// other client's X-Forwarded-* headers are replaced.
+    pub trusted: Vec<IpNet>,
+}
+
+/// One pool of interchangeable backends and the requests it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Lowercase host names without port; `*.example.com` matches any subdomain. Empty: any host.
+    pub hosts: Vec<String>,
+    /// Path prefixes, each starting with `/`. Empty: any path.
+    pub paths: Vec<String>,
+    pub balance: BalanceMethod,
+    pub connect_timeout: Duration,
+    /// Time from sending the request head to receiving the response head (504 after it).
+    pub response_timeout: Duration,
+    /// Pooled keep-alive connections to a backend are closed after this long unused.
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+    pub backends: Vec<BackendConfig>,
+}
+
+/// How a pool picks a backend for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceMethod {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    IpHash,
+    RandomTwo,
+}
+
+impl BalanceMethod {
+    const NAMES: [(&'static str, BalanceMethod); 5] = [
+        ("round_robin", BalanceMethod::RoundRobin),
+        ("weighted", BalanceMethod::Weighted),
+        ("least_conn", BalanceMethod::LeastConn),
+        ("ip_hash", BalanceMethod::IpHash),
+        ("random_two", BalanceMethod::RandomTwo),
+    ];
+}
+
+/// One backend server of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// `host:port`; a host name is resolved when connecting.
+    pub address: String,
+    /// The name a session id's suffix uses for this backend (Tomcat's jvmRoute); unique in its pool.
+    pub route: String,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+/// Whether a backend takes new work (mod_jk's activation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    Active,
+    Draining,
+    Stopped,
+}
+
+/// One problem in a config file, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted path of the offending key, such as `pool[0].backend[1].weight`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                line,
+                self.key,
+                self.message
+            ),
+            None => write!(f, "{}: {}: {}", self.file.display(), self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as the contents of `path` (the path only labels errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut check = Checker {
+            file: path,
+            text,
+            errors: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.span().map(|span| check.line_of(span.start));
+                let message = e.message().to_string();
+                return Err(ConfigErrors(vec![ConfigError {
+                    file: path.to_path_buf(),
+                    line,
+                    key: key_of_toml_error(text, e.span()),
+                    message,
+                }]));
+            }
+        };
+        let config = check.config(raw);
+        if check.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(check.errors))
+        }
+    }
+}
+
+/// The key a TOML syntax or type error points at, as well as the span lets us tell.
+fn key_of_toml_error(text: &str, span: Option<Range<usize>>) -> String {
+    let Some(span) = span else {
+        return "(file)".into();
+    };
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) => key.trim().to_string(),
+        None => line.trim().to_string(),
+    }
+}
+
+/// Validation state: the source (for line numbers) and the errors found so far.
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|span| self.line_of(span.start));
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match units::parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.error(Some(value.span()), key, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(message) => {
+                self.error(Some(value.span()), key, message);
+                default
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        value: Option<Spanned<String>>,
+        key: &str,
+        range: Range<u64>,
+        default: u64,
+    ) -> usize {
+        let Some(value) = value else {
+            return default as usize;
+        };
+        match units::parse_size(value.get_ref()) {
+            Ok(n) if range.contains(&n) => n as usize,
+            Ok(n) => {
+                let message = format!(
+                    "{n} bytes is out of range ({} to {} bytes)",
+                    range.start,
+                    range.end - 1
+                );
+                self.error(Some(value.span()), key, message);
+                default as usize
+            }
+            Err(message) => {
+                self.error(Some(value.span()), key, message);
+                default as usize
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        value: Option<Spanned<i64>>,
+        key: &str,
+        range: Range<i64>,
+        default: i64,
+    ) -> i64 {
+        let Some(value) = value else { return default };
+        let n = *value.get_ref();
+        if range.contains(&n) {
+            n
+        } else {
+            let message = format!("{n} is out of range ({} to {})", range.start, range.end - 1);
+            self.error(Some(value.span()), key, message);
+            default
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let listen = self.listen(raw.listen);
+        let log = self.log(raw.log);
+        let forwarded = self.forwarded(raw.forwarded);
+        if raw.pool.is_empty() {
+            self.error(
+                None,
+                "pool",
+                "at least one [[pool]] with a backend is required",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut matchers = HashSet::new();
+        let mut pools = Vec::new();
+        for (i, raw_pool) in raw.pool.into_iter().enumerate() {
+            let name_span = raw_pool.name.span();
+            let pool = self.pool(i, raw_pool);
+            if !names.insert(pool.name.clone()) {
+                let message = format!("pool name `{}` is used twice", pool.name);
+                self.error(Some(name_span.clone()), format!("pool[{i}].name"), message);
+            }
+            for matcher in pool.matchers() {
+                if !matchers.insert(matcher.clone()) {
+                    let (host, path) = matcher;
+                    let message = format!(
+                        "host `{host}` with path `{path}` is already served by an earlier pool"
+                    );
+                    self.error(Some(name_span.clone()), format!("pool[{i}]"), message);
+                }
+            }
+            pools.push(pool);
+        }
+        Config {
+            listen,
+            log,
+            forwarded,
+            pools,
+        }
+    }
+
+    fn listen(&mut self, raw: raw::RawListen) -> ListenConfig {
+        let addresses_span = raw.addresses.span();
+        let mut addresses = Vec::new();
+        for (i, address) in raw.addresses.into_inner().into_iter().enumerate() {
+            let key = format!("listen.addresses[{i}]");
+            match address.get_ref().parse::<SocketAddr>() {
+                Ok(addr) if addresses.contains(&addr) => {
+                    self.error(Some(address.span()), key, format!("{addr} is listed twice"))
+                }
+                Ok(addr) => addresses.push(addr),
+                Err(_) => self.error(
+                    Some(address.span()),
+                    key,
+                    format!(
+                        "`{}` is not an IP:port address such as 127.0.0.1:8080",
+                        address.get_ref()
+                    ),
+                ),
+            }
+        }
+        if addresses.is_empty() && self.errors.is_empty() {
+            self.error(
+                Some(addresses_span),
+                "listen.addresses",
+                "at least one address is required",
+            );
+        }
+        ListenConfig {
+            addresses,
+            max_connections: self.count(
+                raw.max_connections,
+                "listen.max_connections",
+                1..1_000_001,
+                10_000,
+            ) as usize,
+            header_read_timeout: self.duration(
+                raw.header_read_timeout,
+                "listen.header_read_timeout",
+                Duration::from_secs(10),
+            ),
+            idle_timeout: self.duration(
+                raw.idle_timeout,
+                "listen.idle_timeout",
+                Duration::from_secs(60),
+            ),
+            max_header_size: self.size(
+                raw.max_header_size,
+                "listen.max_header_size",
+                8192..16 << 20,
+                64 << 10,
+            ),
+            max_headers: self.count(raw.max_headers, "listen.max_headers", 1..10_001, 100) as usize,
+            max_uri_length: self.size(
+                raw.max_uri_length,
+                "listen.max_uri_length",
+                16..16 << 20,
+                8192,
+            ),
+            shutdown_timeout: self.duration(
+                raw.shutdown_timeout,
+                "listen.shutdown_timeout",
+                Duration::from_secs(30),
+            ),
+        }
+    }
+
+    fn log(&mut self, raw: raw::RawLog) -> LogConfig {
+        let level = match raw.level {
+            Some(level) if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() => {
+                self.error(
+                    Some(level.span()),
+                    "log.level",
+                    format!(
+                        "`{}` is not a level such as info, debug or tandem=debug",
+                        level.get_ref()
+                    ),
+                );
+                "info".to_string()
+            }
+            Some(level) => level.into_inner(),
+            None => "info".to_string(),
+        };
+        let format = match raw.format {
+            None => LogFormat::Text,
+            Some(format) => match format.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    let message = format!("unknown format `{other}`; expected text or json");
+                    self.error(Some(format.span()), "log.format", message);
+                    LogFormat::Text
+                }
+            },
+        };
+        let access_log = match raw
+            .access_log
+            .as_ref()
+            .map(|target| target.get_ref().as_str())
+        {
+            None | Some("stdout") => AccessLogTarget::Stdout,
+            Some("stderr") => AccessLogTarget::Stderr,
+            Some("off") => AccessLogTarget::Off,
+            Some("") => {
+                let span = raw.access_log.as_ref().map(Spanned::span);
+                self.error(
+                    span,
+                    "log.access_log",
+                    "expected stdout, stderr, off or a file path",
+                );
+                AccessLogTarget::Stdout
+            }
+            Some(path) => AccessLogTarget::File(PathBuf::from(path)),
+        };
+        LogConfig {
+            level,
+            format,
+            access_log,
+        }
+    }
+
+    fn forwarded(&mut self, raw: raw::RawForwarded) -> ForwardedConfig {
+        let mut trusted = Vec::new();
+        for (i, net) in raw.trusted.unwrap_or_default().into_iter().enumerate() {
+            let text = net.get_ref().trim();
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted.push(net),
+                Err(_) => self.error(
+                    Some(net.span()),
+                    format!("forwarded.trusted[{i}]"),
+                    format!("`{text}` is not an address or network such as 10.0.0.0/8"),
+                ),
+            }
+        }
+        ForwardedConfig { trusted }
+    }
+
+    fn pool(&mut self, index: usize, raw: RawPool) -> PoolConfig {
+        let prefix = format!("pool[{index}]");
+        let name = raw.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            self.error(
+                Some(raw.name.span()),
+                format!("{prefix}.name"),
+                "must not be empty",
+            );
+        }
+        let hosts = raw
+            .hosts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, host)| {
+                let normalized = host.get_ref().trim().to_ascii_lowercase();
+                let bare = normalized.strip_prefix("*.").unwrap_or(&normalized);
+                let valid = !bare.is_empty()
+                    && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if valid {
+                    Some(normalized)
+                } else {
+                    let message = format!(
+                        "`{}` is not a host name (letters, digits, `-`, `.`, optionally starting with `*.`; no port)",
+                        host.get_ref()
+                    );
+                    self.error(Some(host.span()), format!("{prefix}.hosts[{i}]"), message);
+                    None
+                }
+            })
+            .collect();
+        let paths = raw
+            .paths
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, path)| {
+                if path.get_ref().starts_with('/') {
+                    Some(path.into_inner())
+                } else {
+                    self.error(
+                        Some(path.span()),
+                        format!("{prefix}.paths[{i}]"),
+                        "must start with `/`",
+                    );
+                    None
+                }
+            })
+            .collect();
+        let balance = match raw.balance {
+            None => BalanceMethod::RoundRobin,
+            Some(balance) => match BalanceMethod::NAMES
+                .iter()
+                .find(|(n, _)| n == balance.get_ref())
+            {
+                Some((_, method)) => *method,
+                None => {
+                    let names: Vec<&str> = BalanceMethod::NAMES.iter().map(|(n, _)| *n).collect();
+                    let message = format!(
+                        "unknown balance method `{}`; expected one of {}",
+                        balance.get_ref(),
+                        names.join(", ")
+                    );
+                    self.error(Some(balance.span()), format!("{prefix}.balance"), message);
+                    BalanceMethod::RoundRobin
+                }
+            },
+        };
+        if raw.backend.is_empty() {
+            self.error(
+                Some(raw.name.span()),
+                format!("{prefix}.backend"),
+                "a pool needs at least one [[pool.backend]]",
+            );
+        }
+        let mut backends: Vec<BackendConfig> = Vec::new();
+        for (i, raw_backend) in raw.backend.into_iter().enumerate() {
+            let key = format!("{prefix}.backend[{i}]");
+            let address_span = raw_backend.address.span();
+            let route_span = raw_backend
+                .route
+                .as_ref()
+                .map_or_else(|| address_span.clone(), Spanned::span);
+            let backend = self.backend(&key, raw_backend);
+            if backends.iter().any(|b| b.address == backend.address) {
+                let message = format!(
+                    "address `{}` is listed twice in pool `{name}`",
+                    backend.address
+                );
+                self.error(Some(address_span), format!("{key}.address"), message);
+            } else if backends.iter().any(|b| b.route == backend.route) {
+                let message = format!("route `{}` is used twice in pool `{name}`", backend.route);
+                self.error(Some(route_span), format!("{key}.route"), message);
+            }
+            backends.push(backend);
+        }
+        PoolConfig {
+            name,
+            hosts,
+            paths,
+            balance,
+            connect_timeout: self.duration(
+                raw.connect_timeout,
+                &format!("{prefix}.connect_timeout"),
+                Duration::from_secs(3),
+            ),
+            response_timeout: self.duration(
+                raw.response_timeout,
+                &format!("{prefix}.response_timeout"),
+                Duration::from_secs(60),
+            ),
+            idle_timeout: self.duration(
+                raw.idle_timeout,
+                &format!("{prefix}.idle_timeout"),
+                Duration::from_secs(60),
+            ),
+            max_idle_per_backend: self.count(
+                raw.max_idle_per_backend,
+                &format!("{prefix}.max_idle_per_backend"),
+                0..100_001,
+                64,
+            ) as usize,
+            backends,
+        }
+    }
+
+    /// Checks one backend on its own; `pool` compares it with its siblings.
+    fn backend(&mut self, prefix: &str, raw: RawBackend) -> BackendConfig {
+        let address = raw.address.get_ref().trim().to_string();
+        let valid_address = match address.rsplit_once(':') {
+            Some((host, port)) => {
+                !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+            }
+            None => false,
+        };
+        if !valid_address {
+            let message = format!("`{address}` is not a host:port address such as 127.0.0.1:9001");
+            self.error(
+                Some(raw.address.span()),
+                format!("{prefix}.address"),
+                message,
+            );
+        }
+        let route = match &raw.route {
+            Some(route) => {
+                let text = route.get_ref();
+                let valid = !text.is_empty()
+                    && text.len() <= 64
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !valid {
+                    let message =
+                        format!("`{text}` is not a route: use 1 to 64 letters, digits, `-` or `_`");
+                    self.error(Some(route.span()), format!("{prefix}.route"), message);
+                }
+                text.clone()
+            }
+            None => address.replace(['.', ':', '[', ']'], "-"),
+        };
+        let weight = match &raw.weight {
+            None => 1,
+            Some(weight) => {
+                let n = *weight.get_ref();
+                if (1..=1000).contains(&n) {
+                    n as u32
+                } else {
+                    let message = format!("{n} is not a weight: use a whole number from 1 to 1000");
+                    self.error(Some(weight.span()), format!("{prefix}.weight"), message);
+                    1
+                }
+            }
+        };
+        let state = match raw.state.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("active") => BackendState::Active,
+            Some("draining") => BackendState::Draining,
+            Some("stopped") => BackendState::Stopped,
+            Some(other) => {
+                let span = raw.state.as_ref().map(Spanned::span);
+                let message =
+                    format!("unknown state `{other}`; expected active, draining or stopped");
+                self.error(span, format!("{prefix}.state"), message);
+                BackendState::Active
+            }
+        };
+        BackendConfig {
+            address,
+            route,
+            weight,
+            state,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Every (host, path prefix) pair this pool serves, `*` and `/` standing for "any".
+    fn matchers(&self) -> Vec<(String, String)> {
+        let hosts = if self.hosts.is_empty() {
+            vec!["*".to_string()]
+        } else {
+            self.hosts.clone()
+        };
+        let paths = if self.paths.is_empty() {
+            vec!["/".to_string()]
+        } else {
+            self.paths.clone()
+        };
+        hosts
+            .iter()
+            .flat_map(|h| paths.iter().map(move |p| (h.clone(), p.clone())))
+            .collect()
+    }
+}

@@ -1,0 +1,78 @@
+//! The config file exactly as written: serde structs with `deny_unknown_fields`.
+//!
+//! Every value that validation may reject is kept `Spanned`, so that its error can name the line it
+//! stands on. Nothing here is checked beyond TOML types; `validate` turns this into a `Config`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub forwarded: RawForwarded,
+    #[serde(default)]
+    pub pool: Vec<RawPool>,
+}
+
+/// `[listen]`: the public listeners and the limits every client connection is held to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub addresses: Spanned<Vec<Spanned<String>>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_header_size: Option<Spanned<String>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_uri_length: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+/// `[log]`: application log level and the access log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+}
+
+/// `[forwarded]`: how X-Forwarded-* headers from clients are treated.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarded {
+    pub trusted: Option<Vec<Spanned<String>>>,
+}
+
+/// One `[[pool]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    pub balance: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_idle_per_backend: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub backend: Vec<RawBackend>,
+}
+
+/// One `[[pool.backend]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub address: Spanned<String>,
+    pub route: Option<Spanned<String>>,
+    pub weight: Option<Spanned<i64>>,
+    pub state: Option<Spanned<String>>,
+}

@@ -1,0 +1,22 @@
+//! tandem: an HTTP reverse-proxy load balancer.
+//!
+//! Code map (ARCHITECTURE.md has the path of one request and the invariants):
+//! - [`config`]: the TOML file, validated into a typed `Config` with located errors.
+//! - [`server`]: listeners, connection cap, HTTP/1.1 + h2c, idle timeout, graceful drain.
+//! - [`proxy`]: the per-request pipeline, header hygiene, the upstream client, upgrades.
+//! - [`routes`]: Host/path → pool.
+//! - [`balancer`]: which backend of a pool gets a request; one file per method.
+//! - [`pool`]: pools and backends as the request path sees them, with live counters.
+//! - [`runtime`]: the current snapshot of routes and pools, swapped on reload.
+//! - [`error`]: the only map from a failure to an HTTP response.
+//! - [`logging`]: application and access logs.
+
+pub mod balancer;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod pool;
+pub mod proxy;
+pub mod routes;
+pub mod runtime;
+pub mod server;

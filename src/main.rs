@@ -1,0 +1,143 @@
+//! The `tandem` command: parse the CLI, load and validate the config, bind, serve, and handle
+//! signals (SIGTERM/SIGINT drain, SIGHUP reload).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+use tandem::config::Config;
+use tandem::runtime::Runtime;
+use tandem::{logging, server};
+
+/// Exit status for an invalid config file (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+/// HTTP reverse-proxy load balancer with sticky sessions and a replicated session store.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML); see config.example.toml for every key.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "/etc/tandem/tandem.toml"
+    )]
+    config: PathBuf,
+    /// Validate the config file, print every error found, and exit (0 when valid).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "tandem: {} error(s) in {}",
+                errors.0.len(),
+                cli.config.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.check {
+        let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+        println!(
+            "{}: valid ({} pool(s), {} backend(s))",
+            cli.config.display(),
+            config.pools.len(),
+            backends
+        );
+        return ExitCode::SUCCESS;
+    }
+    let _log_guard = match logging::init(&config.log) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("tandem: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tandem: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(&cli.config, config))
+}
+
+async fn run(path: &Path, config: Config) -> ExitCode {
+    let listeners = match server::bind(&config.listen.addresses).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut terminate, mut interrupt, hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    for listener in &listeners {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "listening");
+        }
+    }
+    let limits = config.listen.clone();
+    let runtime = Arc::new(Runtime::new(config));
+    tokio::spawn(reload_on_hangup(
+        hangup,
+        path.to_path_buf(),
+        Arc::clone(&runtime),
+    ));
+    let shutdown = async {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    server::serve(listeners, runtime, &limits, shutdown).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Reloads the config on each SIGHUP; a broken file is logged and the running config stays.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    path: PathBuf,
+    runtime: Arc<Runtime>,
+) {
+    while hangup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(config) => {
+                for warning in runtime.reload(config) {
+                    tracing::warn!("{warning}");
+                }
+                tracing::info!(file = %path.display(), "config reloaded");
+            }
+            Err(errors) => {
+                for error in &errors.0 {
+                    tracing::error!(%error, "config error");
+                }
+                tracing::error!(file = %path.display(), "reload refused; the running config stays");
+            }
+        }
+    }
+}

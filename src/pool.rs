@@ -1,0 +1,112 @@
+//! Pools and backends as the request path sees them: an immutable snapshot built from the config,
+//! plus the live counters (open requests per backend) that outlive a reload.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::uri::Authority;
+
+use crate::balancer::{self, Select};
+use crate::config::{BackendConfig, BackendState, PoolConfig};
+use crate::proxy::upstream::Upstream;
+
+/// One backend of one pool.
+#[derive(Debug)]
+pub struct Backend {
+    pub config: BackendConfig,
+    /// `address` parsed once, for building each upstream request's URI.
+    pub authority: Authority,
+    /// Requests sent to this backend whose responses have not finished; shared across reloads.
+    pub load: Arc<BackendLoad>,
+}
+
+/// Live counters of a backend, kept by (pool, address) across config reloads.
+#[derive(Debug, Default)]
+pub struct BackendLoad {
+    in_flight: AtomicUsize,
+}
+
+impl BackendLoad {
+    /// Counts a request as open until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// An open request on a backend; dropping it closes the request in the backend's count.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendLoad>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Backend {
+    /// Whether the balancer may give this backend a new request.
+    pub fn takes_new_work(&self) -> bool {
+        self.config.state == BackendState::Active
+    }
+}
+
+/// A pool: its backends, the balancer over them and the client that talks to them.
+pub struct Pool {
+    /// The pool's name, shared with the access-log records of its requests.
+    pub name: Arc<str>,
+    pub config: PoolConfig,
+    pub backends: Vec<Arc<Backend>>,
+    balancer: Box<dyn Select>,
+    pub upstream: Arc<Upstream>,
+}
+
+impl Pool {
+    /// Builds a pool. `previous` is the pool of the same name before a reload, if any: its backend
+    /// counters and, when the connection settings are unchanged, its keep-alive connections are kept.
+    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+        let backends: Vec<Arc<Backend>> = config
+            .backends
+            .iter()
+            .map(|backend| {
+                let load = previous
+                    .and_then(|p| {
+                        p.backends
+                            .iter()
+                            .find(|b| b.config.address == backend.address)
+                    })
+                    .map(|b| Arc::clone(&b.load))
+                    .unwrap_or_default();
+                Arc::new(Backend {
+                    authority: backend.address.parse().expect("validated host:port"),
+                    config: backend.clone(),
+                    load,
+                })
+            })
+            .collect();
+        let upstream = match previous {
+            Some(p) if p.upstream.settings_match(&config) => Arc::clone(&p.upstream),
+            _ => Arc::new(Upstream::new(&config)),
+        };
+        let balancer = balancer::for_method(config.balance, &backends);
+        Pool {
+            name: Arc::from(config.name.as_str()),
+            config,
+            backends,
+            balancer,
+            upstream,
+        }
+    }
+
+    /// Picks a backend for a new request from `client`, or `None` when no backend takes new work.
+    pub fn select(&self, client: IpAddr) -> Option<&Arc<Backend>> {
+        self.balancer
+            .select(&self.backends, client)
+            .map(|i| &self.backends[i])
+    }
+}

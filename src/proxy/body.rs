@@ -1,0 +1,132 @@
+//! The body of every response tandem sends: a backend's streamed body or tandem's own short text.
+//!
+//! It carries the request's [`Completion`], dropped when the body has been sent or abandoned:
+//! that is when the access-log line is written (with the bytes really sent) and the backend's
+//! open-request count goes down.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Version};
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::pool::{Backend, InFlight};
+use crate::server::OpenRequest;
+
+pin_project_lite::pin_project! {
+    /// A response body plus what must happen when it is done.
+    pub struct ResponseBody {
+        #[pin]
+        inner: Inner,
+        completion: Completion,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Upstream { #[pin] body: Incoming },
+        Local { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ResponseBody {
+    /// A backend's body, relayed as it arrives.
+    pub fn upstream(body: Incoming, completion: Completion) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Upstream { body },
+            completion,
+        }
+    }
+
+    /// A body tandem writes itself (errors).
+    pub fn local(text: &'static str, completion: Completion) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Local {
+                body: Full::new(Bytes::from_static(text.as_bytes())),
+            },
+            completion,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = match this.inner.project() {
+            InnerProj::Upstream { body } => body.poll_frame(cx),
+            InnerProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.completion.bytes_sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream { body } => body.is_end_stream(),
+            Inner::Local { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream { body } => body.size_hint(),
+            Inner::Local { body } => body.size_hint(),
+        }
+    }
+}
+
+/// What is known about one request, logged as one access-log line when its response is done.
+pub struct Completion {
+    pub started: Instant,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub status: StatusCode,
+    pub pool: Option<Arc<str>>,
+    pub backend: Option<Arc<Backend>>,
+    pub attempts: u32,
+    pub bytes_sent: u64,
+    /// Keeps the backend's open-request count up while the body streams.
+    pub in_flight: Option<InFlight>,
+    /// Keeps the client connection from counting as idle while the body streams.
+    pub open_request: OpenRequest,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let backend = self
+            .backend
+            .as_ref()
+            .map_or("-", |b| b.config.address.as_str());
+        tracing::info!(
+            target: "tandem::access",
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            version = ?self.version,
+            status = self.status.as_u16(),
+            bytes = self.bytes_sent,
+            duration_us = self.started.elapsed().as_micros() as u64,
+            pool = self.pool.as_deref().unwrap_or("-"),
+            backend,
+            attempts = self.attempts,
+        );
+    }
+}

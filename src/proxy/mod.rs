@@ -1,0 +1,219 @@
+//! The request path: pick a pool and a backend, rewrite the request for it, relay the response.
+//!
+//! [`ProxyService::handle`] never fails: every error becomes a response through `error.rs`, so
+//! hyper never sees an `Err` (which would drop the client connection without an answer).
+
+pub mod body;
+pub mod headers;
+pub mod upgrade;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::pool::{Backend, InFlight};
+use crate::routes::normalize_host;
+use crate::runtime::{Runtime, Snapshot};
+use crate::server::OpenRequest;
+use body::{Completion, ResponseBody};
+
+/// The per-connection service: what hyper calls for each request on one client connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    runtime: Arc<Runtime>,
+    client: SocketAddr,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    scheme: &'static str,
+}
+
+impl ProxyService {
+    pub fn new(runtime: Arc<Runtime>, client: SocketAddr, scheme: &'static str) -> ProxyService {
+        ProxyService {
+            runtime,
+            client,
+            scheme,
+        }
+    }
+
+    /// Answers one request; `open_request` marks the connection busy until the response is done.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        open_request: OpenRequest,
+    ) -> Response<ResponseBody> {
+        let snapshot = self.runtime.snapshot();
+        let mut completion = Completion {
+            started: Instant::now(),
+            client: self.client,
+            method: request.method().clone(),
+            path: request.uri().path().to_string(),
+            version: request.version(),
+            status: StatusCode::OK,
+            pool: None,
+            backend: None,
+            attempts: 0,
+            bytes_sent: 0,
+            in_flight: None,
+            open_request,
+        };
+        match self.forward(&snapshot, request, &mut completion).await {
+            Ok((response, in_flight)) => {
+                let (parts, body) = response.into_parts();
+                completion.status = parts.status;
+                completion.in_flight = Some(in_flight);
+                Response::from_parts(parts, ResponseBody::upstream(body, completion))
+            }
+            Err(error) => {
+                let status = error.status();
+                tracing::warn!(
+                    client = %completion.client,
+                    method = %completion.method,
+                    path = %completion.path,
+                    pool = completion.pool.as_deref().unwrap_or("-"),
+                    backend = completion.backend.as_ref().map_or("-", |b| b.config.address.as_str()),
+                    status = status.as_u16(),
+                    reason = %error,
+                    "request answered by tandem"
+                );
+                completion.status = status;
+                let closes = error.closes_connection();
+                let mut response =
+                    Response::new(ResponseBody::local(error.public_body(), completion));
+                *response.status_mut() = status;
+                let headers = response.headers_mut();
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                if closes {
+                    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
+        }
+    }
+
+    /// Routes, balances and relays; `completion` learns the pool and backend as they are chosen.
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        mut request: Request<Incoming>,
+        completion: &mut Completion,
+    ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+        let target_length = request
+            .uri()
+            .path_and_query()
+            .map_or(0, |pq| pq.as_str().len());
+        if target_length > snapshot.max_uri_length {
+            return Err(ProxyError::UriTooLong {
+                length: target_length,
+                limit: snapshot.max_uri_length,
+            });
+        }
+        // The authority of an absolute-form target (and HTTP/2's :authority) overrides Host
+        // (RFC 9112 §3.2.2); the request is forwarded with that authority as its Host.
+        let host = match request.uri().authority() {
+            Some(authority) => {
+                let value = HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("request authority is not a valid Host"))?;
+                request.headers_mut().insert(HOST, value.clone());
+                Some(value)
+            }
+            None => request.headers().get(HOST).cloned(),
+        };
+        let host_name = match &host {
+            Some(value) => normalize_host(
+                value
+                    .to_str()
+                    .map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?,
+            ),
+            None if request.version() == Version::HTTP_11 => {
+                return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+            }
+            None => String::new(),
+        };
+        let pool_index = snapshot
+            .routes
+            .lookup(&host_name, request.uri().path())
+            .ok_or_else(|| ProxyError::NoPool {
+                host: host_name.clone(),
+            })?;
+        let pool = &snapshot.pools[pool_index];
+        completion.pool = Some(Arc::clone(&pool.name));
+        let backend = pool
+            .select(self.client.ip())
+            .ok_or_else(|| ProxyError::NoBackend {
+                pool: pool.name.to_string(),
+            })?;
+        completion.backend = Some(Arc::clone(backend));
+        completion.attempts = 1;
+
+        let client_upgrade = self.prepare(&mut request, backend, host, snapshot);
+        let in_flight = backend.load.start();
+        let mut response = pool.upstream.send(request).await?;
+
+        let backend_upgrade = headers::strip_hop_by_hop(response.headers_mut());
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(client_side), Some(protocol)) = (client_upgrade, backend_upgrade) else {
+                return Err(ProxyError::Upstream(
+                    "101 Switching Protocols to a request that asked for none".into(),
+                ));
+            };
+            let backend_side = hyper::upgrade::on(&mut response);
+            headers::restore_upgrade(response.headers_mut(), protocol);
+            upgrade::tunnel(client_side, backend_side, backend.config.address.clone());
+        }
+        Ok((response, in_flight))
+    }
+
+    /// Rewrites `request` for `backend`: absolute URI, HTTP/1.1, hop-by-hop headers out,
+    /// X-Forwarded-* in. Returns the client side of a requested protocol switch.
+    fn prepare(
+        &self,
+        request: &mut Request<Incoming>,
+        backend: &Backend,
+        host: Option<HeaderValue>,
+        snapshot: &Snapshot,
+    ) -> Option<hyper::upgrade::OnUpgrade> {
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(backend.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+
+        let protocol = headers::strip_hop_by_hop(request.headers_mut());
+        let client_upgrade = match protocol {
+            Some(protocol) if request.version() == Version::HTTP_11 => {
+                headers::restore_upgrade(request.headers_mut(), protocol);
+                Some(hyper::upgrade::on(&mut *request))
+            }
+            _ => None,
+        };
+        *request.version_mut() = Version::HTTP_11;
+        let trusted = snapshot
+            .forwarded
+            .trusted
+            .iter()
+            .any(|net| net.contains(&self.client.ip()));
+        headers::set_forwarded(
+            request.headers_mut(),
+            self.client.ip(),
+            self.scheme,
+            host,
+            trusted,
+        );
+        client_upgrade
+    }
+}

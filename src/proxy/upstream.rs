@@ -1,0 +1,92 @@
+//! The client side: a keep-alive connection pool per tandem pool, and the timeouts of one exchange.
+
+use std::io;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::PoolConfig;
+use crate::error::{chain, ProxyError};
+
+/// The settings a client is built from; a reload keeps the client (and its idle connections)
+/// when they are unchanged.
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_backend: usize,
+}
+
+impl Settings {
+    fn of(pool: &PoolConfig) -> Settings {
+        Settings {
+            connect_timeout: pool.connect_timeout,
+            response_timeout: pool.response_timeout,
+            idle_timeout: pool.idle_timeout,
+            max_idle_per_backend: pool.max_idle_per_backend,
+        }
+    }
+}
+
+/// Sends requests to a pool's backends over pooled HTTP/1.1 connections.
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    settings: Settings,
+}
+
+impl Upstream {
+    pub fn new(pool: &PoolConfig) -> Upstream {
+        let settings = Settings::of(pool);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(settings.max_idle_per_backend)
+            .build(connector);
+        Upstream { client, settings }
+    }
+
+    /// Whether a client built for `pool` would be the same as this one.
+    pub fn settings_match(&self, pool: &PoolConfig) -> bool {
+        self.settings == Settings::of(pool)
+    }
+
+    /// Sends `request` (its URI absolute, naming the backend) and waits for the response head.
+    pub async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        let limit = self.settings.response_timeout;
+        match tokio::time::timeout(limit, self.client.request(request)).await {
+            Err(_) => Err(ProxyError::Timeout(format!(
+                "no response head within {limit:?}"
+            ))),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(classify(&error)),
+        }
+    }
+}
+
+/// Maps a client error to 502 or 504: a connect that timed out is a timeout, any other connect
+/// failure or a broken exchange is a bad gateway.
+fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
+    let described = chain(error);
+    if error.is_connect() {
+        let mut source = std::error::Error::source(error);
+        while let Some(inner) = source {
+            if inner
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+            {
+                return ProxyError::Timeout(described);
+            }
+            source = inner.source();
+        }
+        return ProxyError::Connect(described);
+    }
+    ProxyError::Upstream(described)
+}

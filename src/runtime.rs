@@ -1,0 +1,89 @@
+//! The live configuration: an immutable [`Snapshot`] of routes and pools, swapped whole on reload.
+//!
+//! A request takes the snapshot current when it starts and keeps it to the end, so a reload never
+//! changes a request half way; the next request sees the new pools.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ForwardedConfig};
+use crate::pool::Pool;
+use crate::routes::RouteTable;
+
+/// Everything the request path reads, built from one config.
+pub struct Snapshot {
+    pub routes: RouteTable,
+    /// Indexed by the route table's pool indexes.
+    pub pools: Vec<Arc<Pool>>,
+    pub forwarded: ForwardedConfig,
+    pub max_uri_length: usize,
+    /// The config this snapshot was built from.
+    pub config: Config,
+}
+
+impl Snapshot {
+    fn build(config: Config, previous: Option<&Snapshot>) -> Snapshot {
+        let pools = config
+            .pools
+            .iter()
+            .map(|pool| {
+                let old =
+                    previous.and_then(|p| p.pools.iter().find(|old| old.config.name == pool.name));
+                Arc::new(Pool::new(pool.clone(), old.map(|p| p.as_ref())))
+            })
+            .collect();
+        Snapshot {
+            routes: RouteTable::new(&config.pools),
+            pools,
+            forwarded: config.forwarded.clone(),
+            max_uri_length: config.listen.max_uri_length,
+            config,
+        }
+    }
+}
+
+/// The current snapshot, shared by all connections.
+pub struct Runtime {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Runtime {
+        Runtime {
+            current: ArcSwap::from_pointee(Snapshot::build(config, None)),
+        }
+    }
+
+    /// The snapshot for a request that starts now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Switches to `config` for new requests. Listener and log settings are bound at start; a
+    /// change to them is returned as a warning and takes effect on restart.
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let previous = self.current.load_full();
+        let mut warnings = Vec::new();
+        let (old, new) = (&previous.config.listen, &config.listen);
+        if old.addresses != new.addresses
+            || old.max_connections != new.max_connections
+            || old.header_read_timeout != new.header_read_timeout
+            || old.idle_timeout != new.idle_timeout
+            || old.max_header_size != new.max_header_size
+            || old.max_headers != new.max_headers
+            || old.shutdown_timeout != new.shutdown_timeout
+        {
+            warnings.push(
+                "[listen] changed: addresses and connection limits apply after a restart"
+                    .to_string(),
+            );
+        }
+        if previous.config.log != config.log {
+            warnings.push("[log] changed: log settings apply after a restart".to_string());
+        }
+        self.current
+            .store(Arc::new(Snapshot::build(config, Some(&previous))));
+        warnings
+    }
+}

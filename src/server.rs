@@ -1,0 +1,222 @@
+//! Client connections: accept with a connection cap, serve HTTP/1.1 and h2c on the same port,
+//! close idle connections, and drain everything on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::ListenConfig;
+use crate::proxy::ProxyService;
+use crate::runtime::Runtime;
+
+/// Binds every configured address. Done before anything else starts, so that a taken port is an
+/// error at startup, not a surprise later.
+pub async fn bind(addresses: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves `listeners` until `shutdown` resolves, then stops accepting, asks every connection to
+/// finish its in-flight requests, and waits for them up to `limits.shutdown_timeout`.
+/// Returns whether every connection closed in time.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    runtime: Arc<Runtime>,
+    limits: &ListenConfig,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let (drain, draining) = watch::channel(false);
+    let builder = Arc::new(http_builder(limits));
+    let mut acceptors = JoinSet::new();
+    for listener in listeners {
+        let context = ConnectionContext {
+            runtime: Arc::clone(&runtime),
+            builder: Arc::clone(&builder),
+            draining: draining.clone(),
+            idle_timeout: limits.idle_timeout,
+        };
+        acceptors.spawn(accept_loop(listener, Arc::clone(&connections), context));
+    }
+    shutdown.await;
+    acceptors.shutdown().await;
+    let open = limits.max_connections - connections.available_permits();
+    tracing::info!(
+        open_connections = open,
+        "draining: no longer accepting; finishing in-flight requests"
+    );
+    let _ = drain.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained =
+        tokio::time::timeout(limits.shutdown_timeout, connections.acquire_many(all)).await;
+    match drained {
+        Ok(_) => true,
+        Err(_) => {
+            let left = limits.max_connections - connections.available_permits();
+            tracing::warn!(
+                open_connections = left,
+                "shutdown deadline passed with connections still open"
+            );
+            false
+        }
+    }
+}
+
+/// The HTTP/1.1 + h2c server settings every connection uses.
+fn http_builder(limits: &ListenConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// What each connection task needs from the server.
+#[derive(Clone)]
+struct ConnectionContext {
+    runtime: Arc<Runtime>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    draining: watch::Receiver<bool>,
+    idle_timeout: Duration,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+    context: ConnectionContext,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: never fatal, but back off a little.
+                tracing::warn!(listener = ?local, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let context = context.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, context).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: ConnectionContext) {
+    let activity = Arc::new(Activity::default());
+    let proxy = ProxyService::new(Arc::clone(&context.runtime), peer, "http");
+    let service_activity = Arc::clone(&activity);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let open_request = service_activity.open();
+        async move { Ok::<_, Infallible>(proxy.handle(request, open_request).await) }
+    });
+    let connection = context
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // Checked every half idle period; two quiet checks in a row close the connection, so an idle
+    // connection closes between one and one and a half idle periods after its last request.
+    let mut idle_check = tokio::time::interval(context.idle_timeout / 2);
+    idle_check.tick().await;
+    let mut quiet_checks = 0;
+    let mut last_seen = activity.started();
+    let mut closing = *context.draining.borrow();
+    if closing {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(client = %peer, error = %crate::error::chain(&*error), "client connection ended with an error");
+                }
+                return;
+            }
+            _ = idle_check.tick(), if !closing => {
+                let seen = activity.started();
+                if seen == last_seen && activity.is_idle() {
+                    quiet_checks += 1;
+                } else {
+                    quiet_checks = 0;
+                }
+                last_seen = seen;
+                if quiet_checks >= 2 {
+                    tracing::debug!(client = %peer, "closing idle connection");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = context.draining.changed(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// Request activity on one client connection, for the idle timeout.
+#[derive(Debug, Default)]
+pub struct Activity {
+    started: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Activity {
+    fn open(self: &Arc<Self>) -> OpenRequest {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenRequest(Arc::clone(self))
+    }
+
+    fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.open.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// A request whose response is not finished yet; the connection is not idle while one exists.
+#[derive(Debug)]
+pub struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
