@@ -158,6 +158,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: Conn
     if closing {
         connection.as_mut().graceful_shutdown();
     }
+    // A graceful close waits on the client (HTTP/2 wants a PING ACK after GOAWAY); an idle client
+    // that does not cooperate is cut off one idle period later.
+    let hard_close = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(hard_close);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -178,7 +182,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: Conn
                     tracing::debug!(client = %peer, "closing idle connection");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
+                    hard_close.as_mut().reset(tokio::time::Instant::now() + context.idle_timeout);
                 }
+            }
+            _ = &mut hard_close, if activity.is_idle() => {
+                tracing::debug!(client = %peer, "idle connection did not close gracefully; dropping it");
+                return;
             }
             _ = context.draining.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();

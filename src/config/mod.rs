@@ -17,7 +17,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawBackend, RawConfig, RawPool};
+use raw::{RawBackend, RawConfig, RawPool, RawSize};
 
 /// A validated configuration, as every other module sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +220,7 @@ impl Config {
         if check.errors.is_empty() {
             Ok(config)
         } else {
+            check.errors.sort_by_key(|error| error.line);
             Err(ConfigErrors(check.errors))
         }
     }
@@ -294,7 +295,7 @@ impl Checker<'_> {
 
     fn size(
         &mut self,
-        value: Option<Spanned<String>>,
+        value: Option<Spanned<RawSize>>,
         key: &str,
         range: Range<u64>,
         default: u64,
@@ -302,7 +303,11 @@ impl Checker<'_> {
         let Some(value) = value else {
             return default as usize;
         };
-        match units::parse_size(value.get_ref()) {
+        let parsed = match value.get_ref() {
+            RawSize::Bytes(n) => u64::try_from(*n).map_err(|_| format!("{n} is not a size")),
+            RawSize::Text(text) => units::parse_size(text),
+        };
+        match parsed {
             Ok(n) if range.contains(&n) => n as usize,
             Ok(n) => {
                 let message = format!(

@@ -27,9 +27,9 @@ pub struct RawListen {
     pub max_connections: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
-    pub max_header_size: Option<Spanned<String>>,
+    pub max_header_size: Option<Spanned<RawSize>>,
     pub max_headers: Option<Spanned<i64>>,
-    pub max_uri_length: Option<Spanned<String>>,
+    pub max_uri_length: Option<Spanned<RawSize>>,
     pub shutdown_timeout: Option<Spanned<String>>,
 }
 
@@ -75,4 +75,12 @@ pub struct RawBackend {
     pub route: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     pub state: Option<Spanned<String>>,
+}
+
+/// A size: a plain number of bytes, or text with a unit ("64KiB").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
 }

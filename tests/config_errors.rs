@@ -1,0 +1,123 @@
+//! `tandem --check`: every config error is printed with its file, line and key.
+
+use std::process::Command;
+
+fn check(config: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["--check", "-c", path])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("valid (1 pool(s), 3 backend(s))"));
+}
+
+#[test]
+fn every_semantic_error_is_listed_with_its_line_and_key() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080", "not-an-address"]
+header_read_timeout = "soon"
+max_header_size = "huge"
+
+[[pool]]
+name = "web"
+balance = "fastest"
+connect_timeout = "2 parsecs"
+
+[[pool.backend]]
+address = "127.0.0.1:9001"
+route = "a"
+weight = 0
+
+[[pool.backend]]
+address = "127.0.0.1:9001"
+route = "b"
+
+[[pool.backend]]
+address = "127.0.0.1:9003"
+route = "a"
+state = "sleepy"
+
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "no-port"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    let expected = [
+        ("bad.toml:2:", "listen.addresses[1]"),
+        ("bad.toml:3:", "listen.header_read_timeout"),
+        ("bad.toml:4:", "listen.max_header_size"),
+        ("bad.toml:8:", "pool[0].balance"),
+        ("bad.toml:9:", "pool[0].connect_timeout"),
+        ("bad.toml:14:", "pool[0].backend[0].weight"),
+        ("bad.toml:17:", "pool[0].backend[1].address"),
+        ("bad.toml:22:", "pool[0].backend[2].route"),
+        ("bad.toml:23:", "pool[0].backend[2].state"),
+        ("bad.toml:26:", "pool[1].name"),
+        ("bad.toml:26:", "already served by an earlier pool"),
+        ("bad.toml:28:", "pool[1].backend[0].address"),
+    ];
+    for (location, key) in expected {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.contains(location) && line.contains(key)),
+            "no error at {location} for {key} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("12 error(s)"), "{stderr}");
+    let lines: Vec<usize> = stderr
+        .lines()
+        .filter_map(|l| l.split(':').nth(1)?.parse().ok())
+        .collect();
+    assert!(lines.is_sorted(), "errors not in file order: {lines:?}");
+}
+
+#[test]
+fn syntax_and_unknown_keys_name_their_line() {
+    let (code, _, stderr) = check("[listen]\naddresses = [\"127.0.0.1:8080\"]\n\n[[pool]]\nname = \"web\"\nbalanse = \"weighted\"\n");
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains("bad.toml:6:") && stderr.contains("balanse"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = check("[listen]\naddresses = [\"127.0.0.1:8080\"\n");
+    assert_eq!(code, 78);
+    assert!(stderr.contains("bad.toml:2:"), "{stderr}");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["--check", "-c", "/nonexistent/tandem.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("/nonexistent/tandem.toml: (file): cannot read"));
+}

@@ -1,0 +1,512 @@
+//! Test fixtures: real backends on loopback port 0, real `tandem` processes, and clients.
+//!
+//! Every wait here is on a condition with a deadline; nothing sleeps and hopes.
+#![allow(dead_code)] // each test crate uses a different part of the fixtures
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// An in-test HTTP backend that answers with its name and records what it received.
+///
+/// Paths: `/slow?ms=N` waits N ms first; `/upload` counts the request body and answers the
+/// count; `/download?bytes=N` streams N bytes; `/headers` answers the request headers, one
+/// `name: value` per line; `/ws` is a WebSocket echo. Anything else answers the name.
+pub struct Backend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    /// Requests being answered right now.
+    pub open: Arc<AtomicUsize>,
+    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        Backend::serve(name, listener)
+    }
+
+    /// Serves on an already bound listener (to bring a backend back on a known port).
+    pub fn serve(name: &str, listener: TcpListener) -> Backend {
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let last_headers = Arc::new(Mutex::new(None));
+        let state = BackendState {
+            name: name.to_string(),
+            requests: Arc::clone(&requests),
+            open: Arc::clone(&open),
+            last_headers: Arc::clone(&last_headers),
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.answer(request).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            address,
+            requests,
+            open,
+            last_headers,
+            task,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The `[[pool.backend]]` table for this backend.
+    pub fn toml(&self) -> String {
+        format!(
+            "[[pool.backend]]\naddress = \"{}\"\nroute = \"{}\"\n",
+            self.address, self.name
+        )
+    }
+}
+
+#[derive(Clone)]
+struct BackendState {
+    name: String,
+    requests: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    last_headers: Arc<Mutex<Option<HeaderMap>>>,
+}
+
+fn query_number(request: &Request<Incoming>, key: &str) -> u64 {
+    request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl BackendState {
+    async fn answer(&self, mut request: Request<Incoming>) -> Response<TestBody> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.open.fetch_add(1, Ordering::SeqCst);
+        *self.last_headers.lock().unwrap() = Some(request.headers().clone());
+        let response = match request.uri().path() {
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(query_number(&request, "ms"))).await;
+                text(&self.name)
+            }
+            "/upload" => {
+                let mut body = request.into_body();
+                let mut total = 0u64;
+                while let Some(frame) = body.frame().await {
+                    match frame {
+                        Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+                        Err(_) => break,
+                    }
+                }
+                text(&total.to_string())
+            }
+            "/download" => Response::new(streamed_body(query_number(&request, "bytes"))),
+            "/headers" => {
+                let lines: String = request
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}\n", k, v.to_str().unwrap_or("?")))
+                    .collect();
+                text(&lines)
+            }
+            "/ws" => websocket_echo(&mut request),
+            _ => text(&self.name),
+        };
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        let mut response = response;
+        response
+            .headers_mut()
+            .insert("x-backend", self.name.parse().unwrap());
+        response
+    }
+}
+
+pub fn text(body: &str) -> Response<TestBody> {
+    Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+/// A body of `total` bytes produced in 64 KiB chunks, never held whole in memory.
+pub fn streamed_body(total: u64) -> TestBody {
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let chunks = total.div_ceil(chunk.len() as u64);
+    let stream = futures_util::stream::iter(0..chunks).map(move |i| {
+        let left = total - i * chunk.len() as u64;
+        let piece = chunk.slice(..(left.min(chunk.len() as u64) as usize));
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(piece))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+fn websocket_echo(request: &mut Request<Incoming>) -> Response<TestBody> {
+    let Some(key) = request.headers().get("sec-websocket-key").cloned() else {
+        return text("not a websocket request");
+    };
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() || socket.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = text("");
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert("connection", "upgrade".parse().unwrap());
+    headers.insert("upgrade", "websocket".parse().unwrap());
+    headers.insert("sec-websocket-accept", accept.parse().unwrap());
+    response
+}
+
+/// An address where nothing listens (connections are refused).
+pub fn refusing_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A backend that accepts connections and closes them at once without answering.
+pub async fn resetting_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    (address, task)
+}
+
+/// A backend that accepts connections and reads forever without ever answering.
+pub async fn silent_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (address, task)
+}
+
+/// A config with one listener on a free port and the given pool tables appended.
+pub fn config(pools: &str) -> String {
+    format!(
+        "[listen]\naddresses = [\"127.0.0.1:0\"]\nshutdown_timeout = \"10s\"\n\n[log]\nlevel = \"info\"\n\n{pools}"
+    )
+}
+
+/// A pool table with `balance` over `backends`.
+pub fn pool(name: &str, balance: &str, extra: &str, backends: &[&Backend]) -> String {
+    let mut text = format!("[[pool]]\nname = \"{name}\"\nbalance = \"{balance}\"\n{extra}\n");
+    for backend in backends {
+        text.push_str(&backend.toml());
+    }
+    text
+}
+
+/// Output lines of a child process, collected by a reader thread.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Lines {
+    fn collect(self: &Arc<Self>, stream: impl std::io::Read + Send + 'static) {
+        let lines = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                lines.lines.lock().unwrap().push(line);
+                lines.changed.notify_all();
+            }
+        });
+    }
+
+    fn wait_for(&self, pattern: &str, deadline: Duration) -> Option<String> {
+        let until = Instant::now() + deadline;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| l.contains(pattern)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if now >= until {
+                return None;
+            }
+            lines = self.changed.wait_timeout(lines, until - now).unwrap().0;
+        }
+    }
+
+    fn count(&self, pattern: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(pattern))
+            .count()
+    }
+
+    fn all(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+/// A running `tandem` process on its own config file.
+pub struct Tandem {
+    child: Child,
+    pub address: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+    stderr: Arc<Lines>,
+    stdout: Arc<Lines>,
+}
+
+impl Tandem {
+    /// Starts tandem on `config` and waits until it listens.
+    pub fn start(config: &str) -> Tandem {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("tandem.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("-c")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tandem");
+        let stderr = Arc::new(Lines::default());
+        stderr.collect(child.stderr.take().unwrap());
+        let stdout = Arc::new(Lines::default());
+        stdout.collect(child.stdout.take().unwrap());
+        let Some(line) = stderr.wait_for("listening", DEADLINE) else {
+            let _ = child.kill();
+            panic!("tandem did not start listening:\n{}", stderr.all());
+        };
+        let address = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("address="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        Tandem {
+            child,
+            address,
+            config_path,
+            _dir: dir,
+            stderr,
+            stdout,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal tandem");
+    }
+
+    /// Replaces the config file (for a reload).
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config_path, config).unwrap();
+    }
+
+    /// Waits for a line of the application log (stderr) containing `pattern`.
+    pub fn wait_log(&self, pattern: &str) -> String {
+        self.stderr.wait_for(pattern, DEADLINE).unwrap_or_else(|| {
+            panic!(
+                "tandem never logged `{pattern}`; its log:\n{}",
+                self.stderr.all()
+            )
+        })
+    }
+
+    pub fn log_count(&self, pattern: &str) -> usize {
+        self.stderr.count(pattern)
+    }
+
+    /// Waits for an access-log line (stdout) containing `pattern`.
+    pub fn wait_access(&self, pattern: &str) -> String {
+        self.stdout.wait_for(pattern, DEADLINE).unwrap_or_else(|| {
+            panic!(
+                "no access line with `{pattern}`; access log:\n{}",
+                self.stdout.all()
+            )
+        })
+    }
+
+    /// Waits for the process to exit, failing the test after the deadline.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "tandem did not exit; its log:\n{}",
+                self.stderr.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory of the tandem process (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM in /proc status");
+        kib * 1024
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.1 keep-alive client.
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// An h2c client (HTTP/2 with prior knowledge).
+pub fn h2c_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A finished exchange: status, headers and the whole body as text.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+/// Sends `request` and reads the whole answer, within the deadline.
+pub async fn send(client: &Client<HttpConnector, TestBody>, request: Request<TestBody>) -> Answer {
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .expect("request through tandem");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("response body").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("answer within the deadline")
+}
+
+/// GET `url` with extra headers.
+pub async fn get_with(
+    client: &Client<HttpConnector, TestBody>,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut builder = Request::get(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(client, builder.body(empty()).unwrap()).await
+}
+
+pub async fn get(client: &Client<HttpConnector, TestBody>, url: &str) -> Answer {
+    get_with(client, url, &[]).await
+}
+
+/// Counts answers by body.
+pub fn tally<'a>(bodies: impl IntoIterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for body in bodies {
+        *counts.entry(body.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
