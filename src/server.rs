@@ -54,6 +54,7 @@ pub async fn serve(
             builder: Arc::clone(&builder),
             draining: draining.clone(),
             idle_timeout: limits.idle_timeout,
+            header_read_timeout: limits.header_read_timeout,
         };
         acceptors.spawn(accept_loop(listener, Arc::clone(&connections), context));
     }
@@ -105,6 +106,7 @@ struct ConnectionContext {
     builder: Arc<auto::Builder<TokioExecutor>>,
     draining: watch::Receiver<bool>,
     idle_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 async fn accept_loop(
@@ -150,7 +152,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: Conn
     tokio::pin!(connection);
     // Checked every half idle period; two quiet checks in a row close the connection, so an idle
     // connection closes between one and one and a half idle periods after its last request.
-    let mut idle_check = tokio::time::interval(context.idle_timeout / 2);
+    let mut idle_check =
+        tokio::time::interval((context.idle_timeout / 2).max(Duration::from_millis(1)));
     idle_check.tick().await;
     let mut quiet_checks = 0;
     let mut last_seen = activity.started();
@@ -162,6 +165,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: Conn
     // that does not cooperate is cut off one idle period later.
     let hard_close = tokio::time::sleep(Duration::MAX);
     tokio::pin!(hard_close);
+    // A connection must bring its first request within the header read timeout, whatever the
+    // protocol: hyper's own timer starts only once it knows the protocol, which takes bytes.
+    let first_request = tokio::time::sleep(context.header_read_timeout);
+    tokio::pin!(first_request);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -184,6 +191,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: Conn
                     closing = true;
                     hard_close.as_mut().reset(tokio::time::Instant::now() + context.idle_timeout);
                 }
+            }
+            _ = &mut first_request, if activity.started() == 0 => {
+                tracing::debug!(client = %peer, "no request within the header read timeout; closing");
+                return;
             }
             _ = &mut hard_close, if activity.is_idle() => {
                 tracing::debug!(client = %peer, "idle connection did not close gracefully; dropping it");

@@ -62,8 +62,11 @@ state = "sleepy"
 
 [[pool]]
 name = "web"
+response_timeout = "1000000 years"
 [[pool.backend]]
 address = "no-port"
+[[pool.backend]]
+address = "bad host:80"
 "#;
     let (code, _, stderr) = check(config);
     assert_eq!(code, 78, "{stderr}");
@@ -79,7 +82,9 @@ address = "no-port"
         ("bad.toml:23:", "pool[0].backend[2].state"),
         ("bad.toml:26:", "pool[1].name"),
         ("bad.toml:26:", "already served by an earlier pool"),
-        ("bad.toml:28:", "pool[1].backend[0].address"),
+        ("bad.toml:27:", "pool[1].response_timeout"),
+        ("bad.toml:29:", "pool[1].backend[0].address"),
+        ("bad.toml:31:", "pool[1].backend[1].address"),
     ];
     for (location, key) in expected {
         assert!(
@@ -89,7 +94,7 @@ address = "no-port"
             "no error at {location} for {key} in:\n{stderr}"
         );
     }
-    assert!(stderr.contains("12 error(s)"), "{stderr}");
+    assert!(stderr.contains("14 error(s)"), "{stderr}");
     let lines: Vec<usize> = stderr
         .lines()
         .filter_map(|l| l.split(':').nth(1)?.parse().ok())

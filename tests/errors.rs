@@ -150,6 +150,24 @@ async fn slow_header_sender_is_cut_off_at_the_header_timeout() {
     );
 }
 
+#[tokio::test]
+async fn silent_connection_is_closed_at_the_header_timeout() {
+    let backend = Backend::start("b").await;
+    let limits = "[listen]\naddresses = [\"127.0.0.1:0\"]\nheader_read_timeout = \"500ms\"\n\n";
+    let tandem = Tandem::start(&format!(
+        "{limits}{}",
+        pool("web", "round_robin", "", &[&backend])
+    ));
+    let started = Instant::now();
+    let answer = raw_exchange(&tandem, b"").await;
+    let elapsed = started.elapsed();
+    assert!(answer.is_empty(), "{answer}");
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+}
+
 async fn tandem_with_idle_timeout(idle: &str) -> (Backend, Tandem) {
     let backend = Backend::start("b").await;
     let limits = format!("[listen]\naddresses = [\"127.0.0.1:0\"]\nidle_timeout = \"{idle}\"\n\n");
@@ -200,5 +218,47 @@ async fn idle_client_that_ignores_goaway_is_cut_off() {
     assert!(
         elapsed >= Duration::from_millis(700) && elapsed < Duration::from_secs(3),
         "closed after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let backend = Backend::start("b").await;
+    let limits = "[listen]\naddresses = [\"127.0.0.1:0\"]\nmax_connections = 2\n\n";
+    let tandem = Tandem::start(&format!(
+        "{limits}{}",
+        pool("web", "round_robin", "", &[&backend])
+    ));
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(tandem.address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut buffer = [0u8; 512];
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // The third connection is accepted by the kernel but not served while two are open.
+    let mut third = TcpStream::connect(tandem.address).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut buffer = [0u8; 512];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buffer)).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served over max_connections = 2"
+    );
+    drop(held.pop());
+    let n = tokio::time::timeout(DEADLINE, third.read(&mut buffer))
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert!(
+        buffer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buffer[..n])
     );
 }

@@ -241,6 +241,11 @@ fn key_of_toml_error(text: &str, span: Option<Range<usize>>) -> String {
     }
 }
 
+/// Shortest duration accepted: timers below a millisecond are a typo, not a setting.
+const MIN_DURATION: Duration = Duration::from_millis(1);
+/// Longest duration accepted, so that adding one to the clock can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Validation state: the source (for line numbers) and the errors found so far.
 struct Checker<'a> {
     file: &'a Path,
@@ -281,8 +286,9 @@ impl Checker<'_> {
     ) -> Duration {
         let Some(value) = value else { return default };
         match units::parse_duration(value.get_ref()) {
-            Ok(d) if d.is_zero() => {
-                self.error(Some(value.span()), key, "must be greater than zero");
+            Ok(d) if d < MIN_DURATION || d > MAX_DURATION => {
+                let message = format!("{d:?} is out of range (1ms to 365 days)");
+                self.error(Some(value.span()), key, message);
                 default
             }
             Ok(d) => d,
@@ -650,9 +656,13 @@ impl Checker<'_> {
     /// Checks one backend on its own; `pool` compares it with its siblings.
     fn backend(&mut self, prefix: &str, raw: RawBackend) -> BackendConfig {
         let address = raw.address.get_ref().trim().to_string();
+        // It must also parse as a URI authority, since every upstream request names it so.
         let valid_address = match address.rsplit_once(':') {
             Some((host, port)) => {
-                !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+                !host.is_empty()
+                    && !host.contains(['/', '@'])
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    && address.parse::<http::uri::Authority>().is_ok()
             }
             None => false,
         };

@@ -317,6 +317,19 @@ impl Lines {
     }
 }
 
+/// The address in tandem's "listening" log line, text (`address=A`) or JSON (`"address":"A"`).
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    let text_form = line.find("address=").map(|i| i + "address=".len());
+    let json_form = line
+        .find("\"address\":\"")
+        .map(|i| i + "\"address\":\"".len());
+    let rest = &line[text_form.or(json_form)?..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// A running `tandem` process on its own config file.
 pub struct Tandem {
     child: Child,
@@ -350,11 +363,7 @@ impl Tandem {
             let _ = child.kill();
             panic!("tandem did not start listening:\n{}", stderr.all());
         };
-        let address = line
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix("address="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line}"));
+        let address = listening_address(&line).unwrap_or_else(|| panic!("no address in {line}"));
         Tandem {
             child,
             address,
