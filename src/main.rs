@@ -15,6 +15,11 @@ use tandem::{logging, server};
 /// Exit status for an invalid config file (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
+/// mimalloc instead of glibc's malloc: allocation and free were 4-5% of tandem's CPU per
+/// request under load (perf), and mimalloc's thread-local free lists cut that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// HTTP reverse-proxy load balancer with sticky sessions and a replicated session store.
 #[derive(Parser)]
 #[command(version, about)]
