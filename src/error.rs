@@ -6,18 +6,36 @@ use http::StatusCode;
 /// Why tandem answered a request itself instead of relaying a backend's response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// No pool matches the request's host and path (404).
     #[error("no pool serves host `{host}` and this path")]
-    NoPool { host: String },
+    NoPool {
+        /// The normalized host the request asked for.
+        host: String,
+    },
+    /// Every backend of the pool is draining or stopped (503).
     #[error("no backend of pool `{pool}` takes new requests")]
-    NoBackend { pool: String },
+    NoBackend {
+        /// The pool's name.
+        pool: String,
+    },
+    /// The request target is longer than `listen.max_uri_length` (414).
     #[error("request target of {length} bytes is over the {limit} byte limit")]
-    UriTooLong { length: usize, limit: usize },
+    UriTooLong {
+        /// Length of the request target in bytes.
+        length: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The request cannot be routed as sent (400).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The backend refused or failed the connection (502).
     #[error("cannot connect to the backend: {0}")]
     Connect(String),
+    /// Connecting or waiting for the response head took too long (504).
     #[error("the backend did not answer in time: {0}")]
     Timeout(String),
+    /// The backend broke the exchange: reset, closed early, or answered nonsense (502).
     #[error("the backend failed: {0}")]
     Upstream(String),
 }

@@ -11,6 +11,8 @@
 //! - [`error`]: the only map from a failure to an HTTP response.
 //! - [`logging`]: application and access logs.
 
+#![warn(missing_docs)]
+
 pub mod balancer;
 pub mod config;
 pub mod error;

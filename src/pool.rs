@@ -14,6 +14,7 @@ use crate::proxy::upstream::Upstream;
 /// One backend of one pool.
 #[derive(Debug)]
 pub struct Backend {
+    /// The backend as configured.
     pub config: BackendConfig,
     /// `address` parsed once, for building each upstream request's URI.
     pub authority: Authority,
@@ -34,6 +35,7 @@ impl BackendLoad {
         InFlight(Arc::clone(self))
     }
 
+    /// Requests open on this backend now (for `least_conn` and `random_two`).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -60,9 +62,12 @@ impl Backend {
 pub struct Pool {
     /// The pool's name, shared with the access-log records of its requests.
     pub name: Arc<str>,
+    /// The pool as configured.
     pub config: PoolConfig,
+    /// The backends, in config order; the balancer returns indexes into this.
     pub backends: Vec<Arc<Backend>>,
     balancer: Box<dyn Select>,
+    /// The keep-alive client for this pool's backends; shared with the previous snapshot when its settings did not change.
     pub upstream: Arc<Upstream>,
 }
 

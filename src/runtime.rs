@@ -13,10 +13,13 @@ use crate::routes::RouteTable;
 
 /// Everything the request path reads, built from one config.
 pub struct Snapshot {
+    /// Host and path to pool index.
     pub routes: RouteTable,
     /// Indexed by the route table's pool indexes.
     pub pools: Vec<Arc<Pool>>,
+    /// Whose X-Forwarded-* headers are believed.
     pub forwarded: ForwardedConfig,
+    /// Longest request target accepted (414 above).
     pub max_uri_length: usize,
     /// The config this snapshot was built from.
     pub config: Config,
@@ -49,6 +52,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// A runtime serving `config`.
     pub fn new(config: Config) -> Runtime {
         Runtime {
             current: ArcSwap::from_pointee(Snapshot::build(config, None)),

@@ -150,25 +150,27 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: Conn
         .builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    // Checked every half idle period; two quiet checks in a row close the connection, so an idle
-    // connection closes between one and one and a half idle periods after its last request.
     let mut idle_check =
         tokio::time::interval((context.idle_timeout / 2).max(Duration::from_millis(1)));
     idle_check.tick().await;
-    let mut quiet_checks = 0;
-    let mut last_seen = activity.started();
+    let mut idle = IdleTracker::new(&activity);
     let mut closing = *context.draining.borrow();
     if closing {
         connection.as_mut().graceful_shutdown();
     }
-    // A graceful close waits on the client (HTTP/2 wants a PING ACK after GOAWAY); an idle client
-    // that does not cooperate is cut off one idle period later.
-    let hard_close = tokio::time::sleep(Duration::MAX);
-    tokio::pin!(hard_close);
     // A connection must bring its first request within the header read timeout, whatever the
     // protocol: hyper's own timer starts only once it knows the protocol, which takes bytes.
     let first_request = tokio::time::sleep(context.header_read_timeout);
     tokio::pin!(first_request);
+    let mut awaiting_first_request = true;
+    // A graceful close waits on the client (HTTP/2 wants a PING ACK after GOAWAY); an idle client
+    // that does not cooperate is cut off one idle period later.
+    let hard_close = tokio::time::sleep(context.idle_timeout);
+    tokio::pin!(hard_close);
+    let mut hard_close_armed = false;
+    // Note: a branch's `if` is evaluated only when `select!` is entered, and on a busy
+    // connection nothing may re-enter it for a long time; so each timer branch re-checks its
+    // condition when it fires instead of trusting the precondition.
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -178,33 +180,62 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: Conn
                 return;
             }
             _ = idle_check.tick(), if !closing => {
-                let seen = activity.started();
-                if seen == last_seen && activity.is_idle() {
-                    quiet_checks += 1;
-                } else {
-                    quiet_checks = 0;
-                }
-                last_seen = seen;
-                if quiet_checks >= 2 {
+                if idle.quiet_for_two_checks(&activity) {
                     tracing::debug!(client = %peer, "closing idle connection");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                     hard_close.as_mut().reset(tokio::time::Instant::now() + context.idle_timeout);
+                    hard_close_armed = true;
                 }
             }
-            _ = &mut first_request, if activity.started() == 0 => {
-                tracing::debug!(client = %peer, "no request within the header read timeout; closing");
-                return;
+            _ = &mut first_request, if awaiting_first_request => {
+                if activity.started() == 0 {
+                    tracing::debug!(client = %peer, "no request within the header read timeout; closing");
+                    return;
+                }
+                awaiting_first_request = false;
             }
-            _ = &mut hard_close, if activity.is_idle() => {
-                tracing::debug!(client = %peer, "idle connection did not close gracefully; dropping it");
-                return;
+            _ = &mut hard_close, if hard_close_armed => {
+                if activity.is_idle() {
+                    tracing::debug!(client = %peer, "idle connection did not close gracefully; dropping it");
+                    return;
+                }
+                // A request came in while the graceful close was under way: let it finish.
+                hard_close.as_mut().reset(tokio::time::Instant::now() + context.idle_timeout);
             }
             _ = context.draining.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
         }
+    }
+}
+
+/// Tells when a connection has been idle for the idle timeout: checked every half period, it is
+/// idle after two checks in a row that saw no new request and none open, so an idle connection
+/// closes between one and one and a half idle periods after its last request.
+struct IdleTracker {
+    last_seen: u64,
+    quiet_checks: u32,
+}
+
+impl IdleTracker {
+    fn new(activity: &Activity) -> IdleTracker {
+        IdleTracker {
+            last_seen: activity.started(),
+            quiet_checks: 0,
+        }
+    }
+
+    fn quiet_for_two_checks(&mut self, activity: &Activity) -> bool {
+        let seen = activity.started();
+        if seen == self.last_seen && activity.is_idle() {
+            self.quiet_checks += 1;
+        } else {
+            self.quiet_checks = 0;
+        }
+        self.last_seen = seen;
+        self.quiet_checks >= 2
     }
 }
 

@@ -168,6 +168,65 @@ async fn silent_connection_is_closed_at_the_header_timeout() {
     );
 }
 
+/// Sends requests one after another on one connection for `busy_for`; every one must succeed.
+async fn keep_one_connection_busy(tandem: &Tandem, http2: bool, busy_for: Duration) -> usize {
+    let stream = TcpStream::connect(tandem.address).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let until = Instant::now() + busy_for;
+    let mut sent = 0;
+    if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        while Instant::now() < until {
+            let request = http::Request::get(tandem.url("/slow?ms=20"))
+                .body(empty())
+                .unwrap();
+            let response = sender
+                .send_request(request)
+                .await
+                .expect("request on the busy h2 connection");
+            assert_eq!(response.status(), 200);
+            sent += 1;
+        }
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        while Instant::now() < until {
+            let request = http::Request::get("/slow?ms=20")
+                .header("host", "a")
+                .body(empty())
+                .unwrap();
+            let response = sender
+                .send_request(request)
+                .await
+                .expect("request on the busy connection");
+            assert_eq!(response.status(), 200);
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap();
+            sent += 1;
+        }
+    }
+    sent
+}
+
+#[tokio::test]
+async fn a_busy_connection_outlives_the_header_timeout() {
+    let backend = Backend::start("b").await;
+    let limits = "[listen]\naddresses = [\"127.0.0.1:0\"]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n\n";
+    let tandem = Tandem::start(&format!(
+        "{limits}{}",
+        pool("web", "round_robin", "", &[&backend])
+    ));
+    for http2 in [false, true] {
+        let sent = keep_one_connection_busy(&tandem, http2, Duration::from_millis(1500)).await;
+        assert!(sent > 10, "only {sent} requests went through");
+    }
+}
+
 async fn tandem_with_idle_timeout(idle: &str) -> (Backend, Tandem) {
     let backend = Backend::start("b").await;
     let limits = format!("[listen]\naddresses = [\"127.0.0.1:0\"]\nidle_timeout = \"{idle}\"\n\n");

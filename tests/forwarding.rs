@@ -54,6 +54,27 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_added() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_headers_of_the_response_are_removed() {
+    let backend = Backend::start("b").await;
+    let tandem = Tandem::start(&config(&pool("web", "round_robin", "", &[&backend])));
+    for client in [client(), h2c_client()] {
+        let answer = get(&client, &tandem.url("/hop-by-hop")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.headers["x-public"], "kept");
+        assert!(
+            !answer.headers.contains_key("x-internal"),
+            "{:?}",
+            answer.headers
+        );
+        assert!(
+            !answer.headers.contains_key("keep-alive"),
+            "{:?}",
+            answer.headers
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_trusted_proxy_has_its_forwarded_chain_extended() {
     let backend = Backend::start("b").await;
     let pools = pool("web", "round_robin", "", &[&backend]);

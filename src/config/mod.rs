@@ -22,15 +22,20 @@ use raw::{RawBackend, RawConfig, RawPool, RawSize};
 /// A validated configuration, as every other module sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `[listen]`: where clients connect and the limits they are held to.
     pub listen: ListenConfig,
+    /// `[log]`: application and access logs.
     pub log: LogConfig,
+    /// `[forwarded]`: whose X-Forwarded-* headers are believed.
     pub forwarded: ForwardedConfig,
+    /// `[[pool]]`s in file order; route-table indexes refer to this order.
     pub pools: Vec<PoolConfig>,
 }
 
 /// The public listeners and the limits each client connection is held to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenConfig {
+    /// Addresses to listen on, each serving HTTP/1.1 and h2c.
     pub addresses: Vec<SocketAddr>,
     /// Connections beyond this wait in the kernel's accept queue until one closes.
     pub max_connections: usize,
@@ -53,23 +58,31 @@ pub struct ListenConfig {
 pub struct LogConfig {
     /// A `tracing` filter directive such as `info` or `tandem=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// Text or JSON, for both logs.
     pub format: LogFormat,
+    /// Where the access log goes.
     pub access_log: AccessLogTarget,
 }
 
 /// Line format of the application and access logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// `key=value` lines, for people.
     Text,
+    /// One JSON object per line, for log shippers.
     Json,
 }
 
 /// Destination of the access log (one line per request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogTarget {
+    /// No access log.
     Off,
+    /// Standard output (the default: containers collect it).
     Stdout,
+    /// Standard error, beside the application log.
     Stderr,
+    /// A file, appended to.
     File(PathBuf),
 }
 
@@ -84,28 +97,38 @@ pub struct ForwardedConfig {
 /// One pool of interchangeable backends and the requests it serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
+    /// The name logs and errors use for this pool; unique.
     pub name: String,
     /// Lowercase host names without port; `*.example.com` matches any subdomain. Empty: any host.
     pub hosts: Vec<String>,
     /// Path prefixes, each starting with `/`. Empty: any path.
     pub paths: Vec<String>,
+    /// How a backend is picked for a new request.
     pub balance: BalanceMethod,
+    /// Time to open a TCP connection to a backend (504 after it).
     pub connect_timeout: Duration,
     /// Time from sending the request head to receiving the response head (504 after it).
     pub response_timeout: Duration,
     /// Pooled keep-alive connections to a backend are closed after this long unused.
     pub idle_timeout: Duration,
+    /// Kept-alive backend connections per backend at most.
     pub max_idle_per_backend: usize,
+    /// The pool's backends, in file order.
     pub backends: Vec<BackendConfig>,
 }
 
 /// How a pool picks a backend for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalanceMethod {
+    /// Each backend in turn.
     RoundRobin,
+    /// Smooth weighted round robin, as nginx does it.
     Weighted,
+    /// Fewest open requests.
     LeastConn,
+    /// Consistent hashing on the client address.
     IpHash,
+    /// The less busy of two random backends.
     RandomTwo,
 }
 
@@ -126,25 +149,33 @@ pub struct BackendConfig {
     pub address: String,
     /// The name a session id's suffix uses for this backend (Tomcat's jvmRoute); unique in its pool.
     pub route: String,
+    /// Share of traffic under `weighted` and `ip_hash` (1 to 1000).
     pub weight: u32,
+    /// Whether it takes new work.
     pub state: BackendState,
 }
 
 /// Whether a backend takes new work (mod_jk's activation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendState {
+    /// Takes new requests.
     Active,
+    /// Takes no new requests; requests in flight finish.
     Draining,
+    /// Takes no requests at all.
     Stopped,
 }
 
 /// One problem in a config file, located as precisely as the file allows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {
+    /// The config file the error is in.
     pub file: PathBuf,
+    /// 1-based line of the offending value, when the file locates it.
     pub line: Option<usize>,
     /// Dotted path of the offending key, such as `pool[0].backend[1].weight`.
     pub key: String,
+    /// What is wrong and, where it helps, what would be right.
     pub message: String,
 }
 

@@ -93,15 +93,25 @@ impl Body for ResponseBody {
 
 /// What is known about one request, logged as one access-log line when its response is done.
 pub struct Completion {
+    /// When tandem had read the request head.
     pub started: Instant,
+    /// The client's address and port.
     pub client: SocketAddr,
+    /// The request method.
     pub method: Method,
+    /// The request path, without the query.
     pub path: String,
+    /// The client's HTTP version.
     pub version: Version,
+    /// The status sent to the client.
     pub status: StatusCode,
+    /// The pool that served the request, once chosen.
     pub pool: Option<Arc<str>>,
+    /// The backend that served the request, once chosen.
     pub backend: Option<Arc<Backend>>,
+    /// Backends tried (0 when tandem answered before choosing one).
     pub attempts: u32,
+    /// Body bytes sent to the client so far.
     pub bytes_sent: u64,
     /// Keeps the backend's open-request count up while the body streams.
     pub in_flight: Option<InFlight>,

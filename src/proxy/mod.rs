@@ -34,6 +34,7 @@ pub struct ProxyService {
 }
 
 impl ProxyService {
+    /// A service for one client connection from `client`.
     pub fn new(runtime: Arc<Runtime>, client: SocketAddr, scheme: &'static str) -> ProxyService {
         ProxyService {
             runtime,

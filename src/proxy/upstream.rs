@@ -40,6 +40,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// A client with `pool`'s timeouts and keep-alive limits.
     pub fn new(pool: &PoolConfig) -> Upstream {
         let settings = Settings::of(pool);
         let mut connector = HttpConnector::new();

@@ -36,7 +36,8 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 ///
 /// Paths: `/slow?ms=N` waits N ms first; `/upload` counts the request body and answers the
 /// count; `/download?bytes=N` streams N bytes; `/headers` answers the request headers, one
-/// `name: value` per line; `/ws` is a WebSocket echo. Anything else answers the name.
+/// `name: value` per line; `/ws` is a WebSocket echo; `/hop-by-hop` answers with hop-by-hop
+/// headers (`Connection: x-internal`, `X-Internal`, `Keep-Alive`) beside `X-Public`. Anything else answers the name.
 pub struct Backend {
     pub name: String,
     pub address: SocketAddr,
@@ -164,6 +165,15 @@ impl BackendState {
                 text(&lines)
             }
             "/ws" => websocket_echo(&mut request),
+            "/hop-by-hop" => {
+                let mut response = text("hop");
+                let headers = response.headers_mut();
+                headers.insert("connection", "x-internal".parse().unwrap());
+                headers.insert("x-internal", "backend secret".parse().unwrap());
+                headers.insert("keep-alive", "timeout=5".parse().unwrap());
+                headers.insert("x-public", "kept".parse().unwrap());
+                response
+            }
             _ => text(&self.name),
         };
         self.open.fetch_sub(1, Ordering::SeqCst);
