@@ -118,8 +118,10 @@ async fn run(path: &Path, config: Config) -> ExitCode {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
-    server::serve(listeners, runtime, &limits, shutdown).await;
-    tracing::info!("stopped");
+    // The issue of a drain that ran out of time is logged by `serve`; either way the exit is
+    // clean, as an orchestrator expects after SIGTERM.
+    let drained = server::serve(listeners, runtime, &limits, shutdown).await;
+    tracing::info!(all_connections_finished = drained, "stopped");
     ExitCode::SUCCESS
 }
 

@@ -9,11 +9,7 @@ use support::*;
 
 #[tokio::test]
 async fn round_robin_visits_three_backends_in_exact_order() {
-    let backends = [
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    ];
+    let backends = three_backends().await;
     let tandem = Tandem::start(&config(&pool(
         "web",
         "round_robin",
@@ -129,11 +125,7 @@ async fn draining_and_stopped_backends_get_no_new_requests() {
 
 #[tokio::test]
 async fn ip_hash_keeps_a_client_on_one_backend() {
-    let backends = [
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    ];
+    let backends = three_backends().await;
     let tandem = Tandem::start(&config(&pool(
         "web",
         "ip_hash",

@@ -265,9 +265,31 @@ pub async fn silent_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 /// A config with one listener on a free port and the given pool tables appended.
 pub fn config(pools: &str) -> String {
+    config_with_listen("", pools)
+}
+
+/// Like `config`, with extra `[listen]` keys (one `key = value` per line).
+pub fn config_with_listen(listen_keys: &str, pools: &str) -> String {
     format!(
-        "[listen]\naddresses = [\"127.0.0.1:0\"]\nshutdown_timeout = \"10s\"\n\n[log]\nlevel = \"info\"\n\n{pools}"
+        "[listen]\naddresses = [\"127.0.0.1:0\"]\nshutdown_timeout = \"10s\"\n{listen_keys}\n\n[log]\nlevel = \"info\"\n\n{pools}"
     )
+}
+
+/// Three backends named a, b and c.
+pub async fn three_backends() -> [Backend; 3] {
+    [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ]
+}
+
+/// Fails the test unless `elapsed` lies in `range`.
+pub fn assert_took(elapsed: Duration, range: std::ops::Range<Duration>, what: &str) {
+    assert!(
+        range.contains(&elapsed),
+        "{what} after {elapsed:?}, expected {range:?}"
+    );
 }
 
 /// A pool table with `balance` over `backends`.
