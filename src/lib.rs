@@ -5,6 +5,7 @@
 //! - [`server`]: listeners, connection cap, HTTP/1.1 + h2c, idle timeout, graceful drain.
 //! - [`proxy`]: the per-request pipeline, header hygiene, the upstream client, upgrades.
 //! - [`routes`]: Host/path → pool.
+//! - [`sticky`]: session ids in cookies and URLs, and the route they end in.
 //! - [`balancer`]: which backend of a pool gets a request; one file per method.
 //! - [`pool`]: pools and backends as the request path sees them, with live counters.
 //! - [`runtime`]: the current snapshot of routes and pools, swapped on reload.
@@ -22,3 +23,4 @@ pub mod proxy;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod sticky;

@@ -1,6 +1,7 @@
 //! Pools and backends as the request path sees them: an immutable snapshot built from the config,
 //! plus the live counters (open requests per backend) that outlive a reload.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use http::uri::Authority;
 use crate::balancer::{self, Select};
 use crate::config::{BackendConfig, BackendState, PoolConfig};
 use crate::proxy::upstream::Upstream;
+use crate::sticky;
 
 /// One backend of one pool.
 #[derive(Debug)]
@@ -56,6 +58,12 @@ impl Backend {
     pub fn takes_new_work(&self) -> bool {
         self.config.state == BackendState::Active
     }
+
+    /// Whether requests of sessions it already holds may still go to it: a draining backend
+    /// keeps its sessions until they end, a stopped one takes nothing (mod_jk's activations).
+    pub fn takes_sticky_work(&self) -> bool {
+        self.config.state != BackendState::Stopped
+    }
 }
 
 /// A pool: its backends, the balancer over them and the client that talks to them.
@@ -67,6 +75,8 @@ pub struct Pool {
     /// The backends, in config order; the balancer returns indexes into this.
     pub backends: Vec<Arc<Backend>>,
     balancer: Box<dyn Select>,
+    /// Route name to index in `backends`, for sticky requests.
+    by_route: HashMap<String, usize>,
     /// The keep-alive client for this pool's backends; shared with the previous snapshot when its settings did not change.
     pub upstream: Arc<Upstream>,
 }
@@ -99,13 +109,30 @@ impl Pool {
             _ => Arc::new(Upstream::new(&config)),
         };
         let balancer = balancer::for_method(config.balance, &backends);
+        let by_route = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.config.route.clone(), i))
+            .collect();
         Pool {
             name: Arc::from(config.name.as_str()),
             config,
             backends,
             balancer,
+            by_route,
             upstream,
         }
+    }
+
+    /// The backend a session sticks to: the first of `session_ids` whose route names a backend
+    /// of this pool that still takes its sessions' requests.
+    pub fn sticky_backend(&self, session_ids: &[&str], separator: char) -> Option<&Arc<Backend>> {
+        session_ids
+            .iter()
+            .filter_map(|id| sticky::route_of(id, separator))
+            .filter_map(|route| self.by_route.get(route))
+            .map(|&i| &self.backends[i])
+            .find(|backend| backend.takes_sticky_work())
     }
 
     /// Picks a backend for a new request from `client`, or `None` when no backend takes new work.

@@ -126,3 +126,35 @@ fn a_missing_file_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&output.stderr)
         .contains("/nonexistent/tandem.toml: (file): cannot read"));
 }
+
+#[test]
+fn sticky_keys_are_checked() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080"]
+
+[[pool]]
+name = "web"
+[pool.sticky]
+mode = "learn-later"
+cookies = ["bad name"]
+url_parameter = "a=b"
+separator = "-"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    for (location, key) in [
+        ("bad.toml:7:", "pool[0].sticky.mode"),
+        ("bad.toml:8:", "pool[0].sticky.cookies[0]"),
+        ("bad.toml:9:", "pool[0].sticky.url_parameter"),
+        ("bad.toml:10:", "pool[0].sticky.separator"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.contains(location) && line.contains(key)),
+            "no error at {location} for {key} in:\n{stderr}"
+        );
+    }
+}

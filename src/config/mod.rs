@@ -17,7 +17,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawBackend, RawConfig, RawPool, RawSize};
+use raw::{RawBackend, RawConfig, RawPool, RawSize, RawSticky};
 
 /// A validated configuration, as every other module sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,8 +113,22 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Kept-alive backend connections per backend at most.
     pub max_idle_per_backend: usize,
+    /// Sticky routing on the session id's route suffix; `None` when `sticky.mode = "off"`.
+    pub sticky: Option<StickyConfig>,
     /// The pool's backends, in file order.
     pub backends: Vec<BackendConfig>,
+}
+
+/// Where a request's session id is read from, and how its route is cut from it (`route` mode:
+/// the id ends in `<separator><route>`, as Tomcat's `<id>.<jvmRoute>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyConfig {
+    /// Cookie names holding a session id, most trusted first.
+    pub cookies: Vec<String>,
+    /// The path parameter holding a session id (`;jsessionid=...`), matched case-sensitively.
+    pub url_parameter: Option<String>,
+    /// The route is the text after the last occurrence of this character.
+    pub separator: char,
 }
 
 /// How a pool picks a backend for a request.
@@ -680,8 +694,84 @@ impl Checker<'_> {
                 0..100_001,
                 64,
             ) as usize,
+            sticky: self.sticky(&prefix, raw.sticky),
             backends,
         }
+    }
+
+    /// Checks `[pool.sticky]`; without the table, stickiness is on with Tomcat's defaults.
+    fn sticky(&mut self, prefix: &str, raw: Option<RawSticky>) -> Option<StickyConfig> {
+        let raw = raw.unwrap_or(RawSticky {
+            mode: None,
+            cookies: None,
+            url_parameter: None,
+            separator: None,
+        });
+        match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
+            None | Some("route") => {}
+            Some("off") => return None,
+            Some(other) => {
+                let span = raw.mode.as_ref().map(Spanned::span);
+                let message = format!("unknown sticky mode `{other}`; expected route or off");
+                self.error(span, format!("{prefix}.sticky.mode"), message);
+            }
+        }
+        let mut cookies = Vec::new();
+        for (i, name) in raw.cookies.into_iter().flatten().enumerate() {
+            if is_token(name.get_ref()) {
+                cookies.push(name.into_inner());
+            } else {
+                let message = format!("`{}` is not a cookie name", name.get_ref());
+                self.error(
+                    Some(name.span()),
+                    format!("{prefix}.sticky.cookies[{i}]"),
+                    message,
+                );
+            }
+        }
+        if cookies.is_empty() {
+            cookies.push("JSESSIONID".to_string());
+        }
+        let url_parameter = match raw.url_parameter {
+            None => Some("jsessionid".to_string()),
+            Some(name) if name.get_ref().is_empty() => None,
+            Some(name) if is_token(name.get_ref()) => Some(name.into_inner()),
+            Some(name) => {
+                let message = format!("`{}` is not a parameter name", name.get_ref());
+                self.error(
+                    Some(name.span()),
+                    format!("{prefix}.sticky.url_parameter"),
+                    message,
+                );
+                None
+            }
+        };
+        let separator = match raw.separator {
+            None => '.',
+            Some(text) => {
+                let mut chars = text.get_ref().chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) if c.is_ascii_punctuation() && c != '-' && c != '_' => c,
+                    _ => {
+                        let message = format!(
+                            "`{}` is not a separator: use one punctuation character other than `-` and `_` (routes may contain those)",
+                            text.get_ref()
+                        );
+                        self.error(
+                            Some(text.span()),
+                            format!("{prefix}.sticky.separator"),
+                            message,
+                        );
+                        '.'
+                    }
+                }
+            }
+        };
+        Some(StickyConfig {
+            cookies,
+            url_parameter,
+            separator,
+        })
     }
 
     /// Checks one backend on its own; `pool` compares it with its siblings.
@@ -754,6 +844,14 @@ impl Checker<'_> {
             state,
         }
     }
+}
+
+/// Whether `text` is an HTTP token (RFC 9110 §5.6.2), as cookie and parameter names must be.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl PoolConfig {

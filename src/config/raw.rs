@@ -63,8 +63,19 @@ pub struct RawPool {
     pub response_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_backend: Option<Spanned<i64>>,
+    pub sticky: Option<RawSticky>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+/// `[pool.sticky]`: where a session id is read from and how its route is found.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub mode: Option<Spanned<String>>,
+    pub cookies: Option<Vec<Spanned<String>>>,
+    pub url_parameter: Option<Spanned<String>>,
+    pub separator: Option<Spanned<String>>,
 }
 
 /// One `[[pool.backend]]`.

@@ -22,6 +22,7 @@ use crate::pool::{Backend, InFlight};
 use crate::routes::normalize_host;
 use crate::runtime::{Runtime, Snapshot};
 use crate::server::OpenRequest;
+use crate::sticky;
 use body::{Completion, ResponseBody};
 
 /// The per-connection service: what hyper calls for each request on one client connection.
@@ -148,11 +149,18 @@ impl ProxyService {
             })?;
         let pool = &snapshot.pools[pool_index];
         completion.pool = Some(Arc::clone(&pool.name));
-        let backend = pool
-            .select(self.client.ip())
-            .ok_or_else(|| ProxyError::NoBackend {
-                pool: pool.name.to_string(),
-            })?;
+        let sticky_backend = pool.config.sticky.as_ref().and_then(|sticky| {
+            let ids = sticky::session_ids(request.headers(), request.uri().path(), sticky);
+            pool.sticky_backend(&ids, sticky.separator)
+        });
+        let backend = match sticky_backend {
+            Some(backend) => backend,
+            None => pool
+                .select(self.client.ip())
+                .ok_or_else(|| ProxyError::NoBackend {
+                    pool: pool.name.to_string(),
+                })?,
+        };
         completion.backend = Some(Arc::clone(backend));
         completion.attempts = 1;
 

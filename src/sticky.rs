@@ -1,0 +1,112 @@
+//! Sticky routing in `route` mode: a session id ends in the route of the backend that owns the
+//! session (Tomcat's `<id>.<jvmRoute>`, such as `8F3A41C1.tc1`), carried in a cookie or in the
+//! `;jsessionid=` path parameter. This module only reads ids and cuts routes; which backend a
+//! route names is the pool's business.
+
+use cookie::Cookie;
+use http::header::{HeaderMap, COOKIE};
+
+use crate::config::StickyConfig;
+
+/// The session ids a request carries, most trusted first: each configured cookie name in order
+/// (every occurrence, in the order sent), then the URL path parameter.
+pub fn session_ids<'r>(
+    headers: &'r HeaderMap,
+    path: &'r str,
+    sticky: &StickyConfig,
+) -> Vec<&'r str> {
+    let mut ids = Vec::new();
+    for name in &sticky.cookies {
+        for header in headers.get_all(COOKIE) {
+            let Ok(text) = header.to_str() else { continue };
+            for cookie in Cookie::split_parse(text).flatten() {
+                if cookie.name_raw() == Some(name.as_str()) {
+                    ids.extend(cookie.value_raw().filter(|v| !v.is_empty()));
+                }
+            }
+        }
+    }
+    if let Some(parameter) = &sticky.url_parameter {
+        ids.extend(path_parameter(path, parameter));
+    }
+    ids
+}
+
+/// The value of `;name=value` in a path; it ends at the next `;`, `/` or the end of the path.
+fn path_parameter<'p>(path: &'p str, name: &str) -> Option<&'p str> {
+    let mut rest = path;
+    while let Some(at) = rest.find(';') {
+        rest = &rest[at + 1..];
+        if let Some(value) = rest.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            let end = value.find([';', '/']).unwrap_or(value.len());
+            return Some(&value[..end]).filter(|v| !v.is_empty());
+        }
+    }
+    None
+}
+
+/// The route of a session id: the text after the last separator, if there is any.
+pub fn route_of(id: &str, separator: char) -> Option<&str> {
+    id.rsplit_once(separator)
+        .map(|(_, route)| route)
+        .filter(|route| !route.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn tomcat() -> StickyConfig {
+        StickyConfig {
+            cookies: vec!["JSESSIONID".into()],
+            url_parameter: Some("jsessionid".into()),
+            separator: '.',
+        }
+    }
+
+    #[test]
+    fn ids_come_from_cookies_in_order_then_the_url() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; JSESSIONID=A1.tc1"),
+        );
+        headers.append(COOKIE, HeaderValue::from_static("JSESSIONID=B2.tc2"));
+        let ids = session_ids(&headers, "/app/cart;jsessionid=C3.tc3", &tomcat());
+        assert_eq!(ids, vec!["A1.tc1", "B2.tc2", "C3.tc3"]);
+    }
+
+    #[test]
+    fn malformed_cookie_headers_yield_what_can_be_read() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static(";JSESSIONID=a.n1; =x; JSESSIONID=; junk"),
+        );
+        assert_eq!(session_ids(&headers, "/", &tomcat()), vec!["a.n1"]);
+    }
+
+    #[test]
+    fn url_parameter_ends_at_the_next_segment_or_parameter() {
+        assert_eq!(
+            path_parameter("/a;jsessionid=X.tc1/b", "jsessionid"),
+            Some("X.tc1")
+        );
+        assert_eq!(
+            path_parameter("/a;v=1;jsessionid=X.tc1;w=2", "jsessionid"),
+            Some("X.tc1")
+        );
+        assert_eq!(path_parameter("/a;JSESSIONID=X.tc1", "jsessionid"), None);
+        assert_eq!(path_parameter("/a;jsessionid=", "jsessionid"), None);
+        assert_eq!(path_parameter("/jsessionid=X.tc1", "jsessionid"), None);
+    }
+
+    #[test]
+    fn route_is_after_the_last_separator() {
+        assert_eq!(route_of("8F3A.C1.tc1", '.'), Some("tc1"));
+        assert_eq!(route_of("8F3A", '.'), None);
+        assert_eq!(route_of("8F3A.", '.'), None);
+        assert_eq!(route_of("8F3A:b-2", ':'), Some("b-2"));
+    }
+}

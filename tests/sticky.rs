@@ -1,0 +1,183 @@
+//! Sticky routing on the route suffix of a session id (`route` mode), through a real tandem.
+
+mod support;
+
+use support::*;
+
+/// a, b, c behind round robin, with `sticky` as the pool's extra keys.
+async fn sticky_pool(extra: &str, states: [&str; 3]) -> ([Backend; 3], Tandem) {
+    let backends = three_backends().await;
+    let mut pools = format!("[[pool]]\nname = \"web\"\n{extra}\n");
+    for (backend, state) in backends.iter().zip(states) {
+        pools.push_str(&format!("{}state = \"{state}\"\n", backend.toml()));
+    }
+    let tandem = Tandem::start(&config(&pools));
+    (backends, tandem)
+}
+
+const ACTIVE: [&str; 3] = ["active", "active", "active"];
+
+#[tokio::test]
+async fn a_session_cookie_sticks_to_its_route_over_100_requests() {
+    let (_backends, tandem) = sticky_pool("", ACTIVE).await;
+    let client = client();
+    for _ in 0..100 {
+        let answer = get_with(
+            &client,
+            &tandem.url("/headers"),
+            &[("cookie", "theme=x; JSESSIONID=8F3A41C1.b")],
+        )
+        .await;
+        assert_eq!(answer.headers["x-backend"], "b");
+        // The request reaches the backend unchanged: tandem does not strip the backend's cookie.
+        assert!(
+            answer
+                .body
+                .contains("cookie: theme=x; JSESSIONID=8F3A41C1.b"),
+            "{}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_url_form_sticks_too() {
+    let (_backends, tandem) = sticky_pool("", ACTIVE).await;
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &tandem.url("/shop/cart;jsessionid=77AB.c?item=1"))
+                .await
+                .body,
+            "c"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_ids_without_route_are_balanced() {
+    let (_backends, tandem) = sticky_pool("", ACTIVE).await;
+    let client = client();
+    let mut answers = Vec::new();
+    for cookie in [
+        "JSESSIONID=1.zz",
+        "JSESSIONID=2",
+        "JSESSIONID=3.",
+        "JSESSIONID=4.zz",
+        "JSESSIONID=5",
+        "JSESSIONID=6",
+    ] {
+        answers.push(
+            get_with(&client, &tandem.url("/"), &[("cookie", cookie)])
+                .await
+                .body,
+        );
+    }
+    let counts = tally(answers.iter().map(String::as_str));
+    assert_eq!(
+        counts.len(),
+        3,
+        "round robin should have used every backend: {counts:?}"
+    );
+    assert!(counts.values().all(|&n| n == 2), "{counts:?}");
+}
+
+#[tokio::test]
+async fn the_first_cookie_whose_route_is_known_wins() {
+    let (_backends, tandem) = sticky_pool("", ACTIVE).await;
+    let client = client();
+    let answer = get_with(
+        &client,
+        &tandem.url("/"),
+        &[(
+            "cookie",
+            "JSESSIONID=X.nope; JSESSIONID=Y.c; JSESSIONID=Z.a",
+        )],
+    )
+    .await;
+    assert_eq!(answer.body, "c");
+}
+
+#[tokio::test]
+async fn a_draining_backend_keeps_its_sessions_but_gets_no_new_ones() {
+    let (backends, tandem) = sticky_pool("", ["active", "draining", "active"]).await;
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(
+            get_with(&client, &tandem.url("/"), &[("cookie", "JSESSIONID=S.b")])
+                .await
+                .body,
+            "b"
+        );
+    }
+    for _ in 0..10 {
+        assert_ne!(get(&client, &tandem.url("/")).await.body, "b");
+    }
+    assert_eq!(backends[1].count(), 10);
+}
+
+#[tokio::test]
+async fn a_stopped_backends_sessions_go_elsewhere() {
+    let (backends, tandem) = sticky_pool("", ["active", "stopped", "active"]).await;
+    let client = client();
+    for _ in 0..10 {
+        let answer = get_with(&client, &tandem.url("/"), &[("cookie", "JSESSIONID=S.b")]).await;
+        assert_eq!(answer.status, 200);
+        assert_ne!(answer.body, "b");
+    }
+    assert_eq!(backends[1].count(), 0);
+}
+
+#[tokio::test]
+async fn cookie_names_url_parameter_and_separator_are_configurable() {
+    let sticky = "[pool.sticky]\ncookies = [\"PHPSESSID\", \"sid\"]\nurl_parameter = \"\"\nseparator = \":\"\n";
+    let (_backends, tandem) = sticky_pool(sticky, ACTIVE).await;
+    let client = client();
+    assert_eq!(
+        get_with(&client, &tandem.url("/"), &[("cookie", "sid=Q:c")])
+            .await
+            .body,
+        "c"
+    );
+    assert_eq!(
+        get_with(
+            &client,
+            &tandem.url("/"),
+            &[("cookie", "sid=Q:c; PHPSESSID=R:a")]
+        )
+        .await
+        .body,
+        "a"
+    );
+    // The default cookie and the URL form are off now: these are balanced, so not all on `a`.
+    let answers: Vec<String> = futures_util::future::join_all((0..6).map(|_| {
+        let client = client.clone();
+        let url = tandem.url("/x;jsessionid=T:a");
+        async move {
+            get_with(&client, &url, &[("cookie", "JSESSIONID=U:a")])
+                .await
+                .body
+        }
+    }))
+    .await;
+    assert!(answers.iter().any(|b| b != "a"), "{answers:?}");
+}
+
+#[tokio::test]
+async fn sticky_off_ignores_session_ids() {
+    let (_backends, tandem) = sticky_pool("[pool.sticky]\nmode = \"off\"\n", ACTIVE).await;
+    let client = client();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(
+            get_with(&client, &tandem.url("/"), &[("cookie", "JSESSIONID=S.b")])
+                .await
+                .body,
+        );
+    }
+    assert_eq!(
+        tally(answers.iter().map(String::as_str)).len(),
+        3,
+        "{answers:?}"
+    );
+}
