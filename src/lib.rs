@@ -7,6 +7,7 @@
 //! - [`routes`]: Host/path → pool.
 //! - [`sticky`]: session ids in cookies and URLs, and the route they end in.
 //! - [`balancer`]: which backend of a pool gets a request; one file per method.
+//! - [`health`]: active health checks that mark backends up and down.
 //! - [`pool`]: pools and backends as the request path sees them, with live counters.
 //! - [`runtime`]: the current snapshot of routes and pools, swapped on reload.
 //! - [`error`]: the only map from a failure to an HTTP response.
@@ -17,6 +18,7 @@
 pub mod balancer;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod logging;
 pub mod pool;
 pub mod proxy;

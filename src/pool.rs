@@ -1,9 +1,9 @@
 //! Pools and backends as the request path sees them: an immutable snapshot built from the config,
-//! plus the live counters (open requests per backend) that outlive a reload.
+//! plus each backend's live state (open requests, health) that outlives a reload.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::uri::Authority;
@@ -20,17 +20,44 @@ pub struct Backend {
     pub config: BackendConfig,
     /// `address` parsed once, for building each upstream request's URI.
     pub authority: Authority,
-    /// Requests sent to this backend whose responses have not finished; shared across reloads.
-    pub load: Arc<BackendLoad>,
+    /// Open requests and health, shared across reloads.
+    pub live: Arc<BackendLive>,
 }
 
-/// Live counters of a backend, kept by (pool, address) across config reloads.
-#[derive(Debug, Default)]
-pub struct BackendLoad {
+/// Live state of a backend, kept by (pool, address) across config reloads.
+#[derive(Debug)]
+pub struct BackendLive {
+    /// Requests sent whose responses have not finished.
     in_flight: AtomicUsize,
+    /// What the health checks last concluded; always true in a pool without checks.
+    up: AtomicBool,
 }
 
-impl BackendLoad {
+impl Default for BackendLive {
+    fn default() -> Self {
+        BackendLive::new(true)
+    }
+}
+
+impl BackendLive {
+    /// State for a backend tandem has not seen before.
+    pub fn new(up: bool) -> BackendLive {
+        BackendLive {
+            in_flight: AtomicUsize::new(0),
+            up: AtomicBool::new(up),
+        }
+    }
+
+    /// Whether the health checks count this backend as up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records the health checks' verdict; returns whether it changed.
+    pub fn set_up(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::Relaxed) != up
+    }
+
     /// Counts a request as open until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -45,7 +72,7 @@ impl BackendLoad {
 
 /// An open request on a backend; dropping it closes the request in the backend's count.
 #[derive(Debug)]
-pub struct InFlight(Arc<BackendLoad>);
+pub struct InFlight(Arc<BackendLive>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -54,15 +81,16 @@ impl Drop for InFlight {
 }
 
 impl Backend {
-    /// Whether the balancer may give this backend a new request.
+    /// Whether the balancer may give this backend a new request: active and up.
     pub fn takes_new_work(&self) -> bool {
-        self.config.state == BackendState::Active
+        self.config.state == BackendState::Active && self.live.is_up()
     }
 
     /// Whether requests of sessions it already holds may still go to it: a draining backend
-    /// keeps its sessions until they end, a stopped one takes nothing (mod_jk's activations).
+    /// keeps its sessions until they end, a stopped or down one takes nothing (mod_jk's
+    /// activations).
     pub fn takes_sticky_work(&self) -> bool {
-        self.config.state != BackendState::Stopped
+        self.config.state != BackendState::Stopped && self.live.is_up()
     }
 }
 
@@ -77,30 +105,39 @@ pub struct Pool {
     balancer: Box<dyn Select>,
     /// Route name to index in `backends`, for sticky requests.
     by_route: HashMap<String, usize>,
-    /// The keep-alive client for this pool's backends; shared with the previous snapshot when its settings did not change.
+    /// The keep-alive client for this pool's backends; shared with the previous snapshot when
+    /// its settings did not change.
     pub upstream: Arc<Upstream>,
 }
 
 impl Pool {
-    /// Builds a pool. `previous` is the pool of the same name before a reload, if any: its backend
-    /// counters and, when the connection settings are unchanged, its keep-alive connections are kept.
+    /// Builds a pool. `previous` is the pool of the same name before a reload, if any: its
+    /// backends' live state (open requests, health) and, when the connection settings are
+    /// unchanged, its keep-alive connections are kept.
     pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .map(|backend| {
-                let load = previous
+                let live = previous
                     .and_then(|p| {
                         p.backends
                             .iter()
                             .find(|b| b.config.address == backend.address)
                     })
-                    .map(|b| Arc::clone(&b.load))
-                    .unwrap_or_default();
+                    .map(|b| Arc::clone(&b.live))
+                    .unwrap_or_else(|| {
+                        let up = config.health.as_ref().is_none_or(|health| health.start_up);
+                        Arc::new(BackendLive::new(up))
+                    });
+                // Without health checks nobody would ever bring a backend back up.
+                if config.health.is_none() {
+                    live.set_up(true);
+                }
                 Arc::new(Backend {
                     authority: backend.address.parse().expect("validated host:port"),
                     config: backend.clone(),
-                    load,
+                    live,
                 })
             })
             .collect();

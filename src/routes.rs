@@ -127,6 +127,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_idle_per_backend: 1,
             sticky: None,
+            health: None,
             backends: vec![],
         }
     }

@@ -3,11 +3,12 @@
 //! A request takes the snapshot current when it starts and keeps it to the end, so a reload never
 //! changes a request half way; the next request sees the new pools.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ForwardedConfig};
+use crate::health::HealthChecks;
 use crate::pool::Pool;
 use crate::routes::RouteTable;
 
@@ -46,16 +47,22 @@ impl Snapshot {
     }
 }
 
-/// The current snapshot, shared by all connections.
+/// The current snapshot, shared by all connections, and the health checks of its pools.
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
+    /// Replaced with the snapshot on reload; dropping the old value stops the old checks.
+    health: Mutex<Option<HealthChecks>>,
 }
 
 impl Runtime {
-    /// A runtime serving `config`.
+    /// A runtime serving `config`, with its health checks running. Must be called inside a
+    /// tokio runtime.
     pub fn new(config: Config) -> Runtime {
+        let snapshot = Snapshot::build(config, None);
+        let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools)));
         Runtime {
-            current: ArcSwap::from_pointee(Snapshot::build(config, None)),
+            current: ArcSwap::from_pointee(snapshot),
+            health,
         }
     }
 
@@ -86,8 +93,15 @@ impl Runtime {
         if previous.config.log != config.log {
             warnings.push("[log] changed: log settings apply after a restart".to_string());
         }
-        self.current
-            .store(Arc::new(Snapshot::build(config, Some(&previous))));
+        let snapshot = Arc::new(Snapshot::build(config, Some(&previous)));
+        let checks = HealthChecks::start(&snapshot.pools);
+        self.current.store(snapshot);
+        let mut health = self
+            .health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The old snapshot's checks stop here; the backends' up/down state lives on in the pools.
+        drop(health.replace(checks));
         warnings
     }
 }

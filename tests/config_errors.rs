@@ -158,3 +158,39 @@ address = "127.0.0.1:9001"
         );
     }
 }
+
+#[test]
+fn health_keys_are_checked() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080"]
+
+[[pool]]
+name = "web"
+[pool.health]
+path = "health"
+method = "POST"
+interval = "0s"
+rise = 0
+expect_status = [200, 999]
+start = "maybe"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    for (location, key) in [
+        ("bad.toml:7:", "pool[0].health.path"),
+        ("bad.toml:8:", "pool[0].health.method"),
+        ("bad.toml:9:", "pool[0].health.interval"),
+        ("bad.toml:10:", "pool[0].health.rise"),
+        ("bad.toml:11:", "pool[0].health.expect_status[1]"),
+        ("bad.toml:12:", "pool[0].health.start"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.contains(location) && line.contains(key)),
+            "no error at {location} for {key} in:\n{stderr}"
+        );
+    }
+}

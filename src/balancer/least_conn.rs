@@ -24,7 +24,7 @@ impl Select for LeastConn {
         (0..n)
             .map(|k| (start + k) % n)
             .filter(|&i| backends[i].takes_new_work())
-            .min_by_key(|&i| backends[i].load.in_flight())
+            .min_by_key(|&i| backends[i].live.in_flight())
     }
 }
 
@@ -36,7 +36,7 @@ mod tests {
     #[test]
     fn busy_backend_is_avoided_and_idle_ones_alternate() {
         let pool = backends(&[1, 1, 1]);
-        let _busy = pool[0].load.start();
+        let _busy = pool[0].live.start();
         let selector = LeastConn::default();
         let ip = IpAddr::from([127, 0, 0, 1]);
         let picks: Vec<usize> = (0..4)

@@ -45,7 +45,7 @@ pub(crate) mod test_support {
     use std::sync::Arc;
 
     use crate::config::{BackendConfig, BackendState};
-    use crate::pool::{Backend, BackendLoad};
+    use crate::pool::{Backend, BackendLive};
 
     /// Backends named b0, b1, ... with the given weights, all active.
     pub fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
@@ -61,7 +61,7 @@ pub(crate) mod test_support {
                         state: BackendState::Active,
                     },
                     authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                    load: Arc::new(BackendLoad::default()),
+                    live: Arc::new(BackendLive::default()),
                 })
             })
             .collect()
@@ -75,7 +75,7 @@ pub(crate) mod test_support {
                 ..backend.config.clone()
             },
             authority: backend.authority.clone(),
-            load: Arc::clone(&backend.load),
+            live: Arc::clone(&backend.live),
         })
     }
 }

@@ -26,7 +26,7 @@ impl Select for RandomTwo {
                 let b = (a + rng.random_range(1..n)) % n;
                 let (a, b) = (usable[a], usable[b]);
                 Some(
-                    if backends[b].load.in_flight() < backends[a].load.in_flight() {
+                    if backends[b].live.in_flight() < backends[a].live.in_flight() {
                         b
                     } else {
                         a

@@ -17,7 +17,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawBackend, RawConfig, RawPool, RawSize, RawSticky};
+use raw::{RawBackend, RawConfig, RawHealth, RawPool, RawSize, RawSticky};
 
 /// A validated configuration, as every other module sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,8 +115,35 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// Sticky routing on the session id's route suffix; `None` when `sticky.mode = "off"`.
     pub sticky: Option<StickyConfig>,
+    /// Active health checks; `None` without a `[pool.health]` table (every backend counts as up).
+    pub health: Option<HealthConfig>,
     /// The pool's backends, in file order.
     pub backends: Vec<BackendConfig>,
+}
+
+/// How a pool's backends are probed, and when a backend counts as down or up again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Request method of a probe (GET by default; HEAD for backends that support it).
+    pub method: http::Method,
+    /// Path (and query) probed on each backend.
+    pub path: String,
+    /// Host header of a probe; the backend's address when unset.
+    pub host: Option<String>,
+    /// Time between two probes of one backend (each wait varies by up to ±10%).
+    pub interval: std::time::Duration,
+    /// A probe without a complete answer within this time fails.
+    pub timeout: std::time::Duration,
+    /// Consecutive successful probes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failed probes that take an up backend down.
+    pub fall: u32,
+    /// Statuses that count as success; empty means any 2xx or 3xx.
+    pub expect_status: Vec<u16>,
+    /// Text the response body must contain (read up to 64 KiB), if set.
+    pub expect_body: Option<String>,
+    /// Whether a backend new to tandem starts up (the default) or down until its first `rise`.
+    pub start_up: bool,
 }
 
 /// Where a request's session id is read from, and how its route is cut from it (`route` mode:
@@ -695,7 +722,94 @@ impl Checker<'_> {
                 64,
             ) as usize,
             sticky: self.sticky(&prefix, raw.sticky),
+            health: raw.health.map(|health| self.health(&prefix, health)),
             backends,
+        }
+    }
+
+    /// Checks `[pool.health]`.
+    fn health(&mut self, prefix: &str, raw: RawHealth) -> HealthConfig {
+        let key = |name: &str| format!("{prefix}.health.{name}");
+        let path = raw.path.get_ref().clone();
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            self.error(
+                Some(raw.path.span()),
+                key("path"),
+                format!("`{path}` is not a path starting with `/`"),
+            );
+        }
+        let method = match &raw.method {
+            None => http::Method::GET,
+            Some(method) => match method.get_ref().as_str() {
+                "GET" => http::Method::GET,
+                "HEAD" => http::Method::HEAD,
+                "OPTIONS" => http::Method::OPTIONS,
+                other => {
+                    let message =
+                        format!("`{other}` is not a probe method; use GET, HEAD or OPTIONS");
+                    self.error(Some(method.span()), key("method"), message);
+                    http::Method::GET
+                }
+            },
+        };
+        let host = raw.host.and_then(|host| {
+            if http::HeaderValue::from_str(host.get_ref()).is_ok() && !host.get_ref().is_empty() {
+                Some(host.into_inner())
+            } else {
+                self.error(
+                    Some(host.span()),
+                    key("host"),
+                    "not a valid Host header value",
+                );
+                None
+            }
+        });
+        let interval = self.duration(raw.interval, &key("interval"), Duration::from_secs(2));
+        let timeout = self.duration(raw.timeout, &key("timeout"), Duration::from_secs(1));
+        let rise = self.count(raw.rise, &key("rise"), 1..101, 2) as u32;
+        let fall = self.count(raw.fall, &key("fall"), 1..101, 3) as u32;
+        let mut expect_status = Vec::new();
+        for (i, status) in raw.expect_status.into_iter().flatten().enumerate() {
+            match u16::try_from(*status.get_ref()) {
+                Ok(code) if (100..600).contains(&code) => expect_status.push(code),
+                _ => {
+                    let message = format!("{} is not an HTTP status", status.get_ref());
+                    self.error(
+                        Some(status.span()),
+                        format!("{}[{i}]", key("expect_status")),
+                        message,
+                    );
+                }
+            }
+        }
+        let expect_body = raw
+            .expect_body
+            .map(Spanned::into_inner)
+            .filter(|text| !text.is_empty());
+        let start_up = match raw.start.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("up") => true,
+            Some("down") => false,
+            Some(other) => {
+                let span = raw.start.as_ref().map(Spanned::span);
+                self.error(
+                    span,
+                    key("start"),
+                    format!("unknown start `{other}`; expected up or down"),
+                );
+                true
+            }
+        };
+        HealthConfig {
+            method,
+            path,
+            host,
+            interval,
+            timeout,
+            rise,
+            fall,
+            expect_status,
+            expect_body,
+            start_up,
         }
     }
 

@@ -64,8 +64,25 @@ pub struct RawPool {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_backend: Option<Spanned<i64>>,
     pub sticky: Option<RawSticky>,
+    pub health: Option<RawHealth>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+/// `[pool.health]`: active health checks; present means on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub expect_status: Option<Vec<Spanned<i64>>>,
+    pub expect_body: Option<Spanned<String>>,
+    pub start: Option<Spanned<String>>,
 }
 
 /// `[pool.sticky]`: where a session id is read from and how its route is found.

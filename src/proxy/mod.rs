@@ -165,7 +165,7 @@ impl ProxyService {
         completion.attempts = 1;
 
         let client_upgrade = self.prepare(&mut request, backend, host, snapshot);
-        let in_flight = backend.load.start();
+        let in_flight = backend.live.start();
         let mut response = pool.upstream.send(request).await?;
 
         let backend_upgrade = headers::strip_hop_by_hop(response.headers_mut());

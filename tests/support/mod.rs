@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,8 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// Paths: `/slow?ms=N` waits N ms first; `/upload` counts the request body and answers the
 /// count; `/download?bytes=N` streams N bytes; `/headers` answers the request headers, one
 /// `name: value` per line; `/ws` is a WebSocket echo; `/hop-by-hop` answers with hop-by-hop
-/// headers (`Connection: x-internal`, `X-Internal`, `Keep-Alive`) beside `X-Public`. Anything else answers the name.
+/// headers (`Connection: x-internal`, `X-Internal`, `Keep-Alive`) beside `X-Public`;
+/// `/health` answers 200 or 503 as `healthy` says. Anything else answers the name.
 pub struct Backend {
     pub name: String,
     pub address: SocketAddr,
@@ -45,6 +46,11 @@ pub struct Backend {
     /// Requests being answered right now.
     pub open: Arc<AtomicUsize>,
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    /// What `/health` answers: 200 "OK" while true, 503 while false.
+    pub healthy: Arc<AtomicBool>,
+    /// `/health` requests answered 200 and 503 so far.
+    pub health_passed: Arc<AtomicUsize>,
+    pub health_failed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,11 +74,17 @@ impl Backend {
         let requests = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let last_headers = Arc::new(Mutex::new(None));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let health_passed = Arc::new(AtomicUsize::new(0));
+        let health_failed = Arc::new(AtomicUsize::new(0));
         let state = BackendState {
             name: name.to_string(),
             requests: Arc::clone(&requests),
             open: Arc::clone(&open),
             last_headers: Arc::clone(&last_headers),
+            healthy: Arc::clone(&healthy),
+            health_passed: Arc::clone(&health_passed),
+            health_failed: Arc::clone(&health_failed),
         };
         let task = tokio::spawn(async move {
             loop {
@@ -97,6 +109,9 @@ impl Backend {
             requests,
             open,
             last_headers,
+            healthy,
+            health_passed,
+            health_failed,
             task,
         }
     }
@@ -120,6 +135,9 @@ struct BackendState {
     requests: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    healthy: Arc<AtomicBool>,
+    health_passed: Arc<AtomicUsize>,
+    health_failed: Arc<AtomicUsize>,
 }
 
 fn query_number(request: &Request<Incoming>, key: &str) -> u64 {
@@ -165,6 +183,16 @@ impl BackendState {
                 text(&lines)
             }
             "/ws" => websocket_echo(&mut request),
+            "/health" if self.healthy.load(Ordering::SeqCst) => {
+                self.health_passed.fetch_add(1, Ordering::SeqCst);
+                text("OK")
+            }
+            "/health" => {
+                self.health_failed.fetch_add(1, Ordering::SeqCst);
+                let mut response = text("sick");
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
             "/hop-by-hop" => {
                 let mut response = text("hop");
                 let headers = response.headers_mut();
@@ -321,10 +349,15 @@ impl Lines {
     }
 
     fn wait_for(&self, pattern: &str, deadline: Duration) -> Option<String> {
+        self.wait_for_all(&[pattern], deadline)
+    }
+
+    /// Waits for a line containing every one of `parts`.
+    fn wait_for_all(&self, parts: &[&str], deadline: Duration) -> Option<String> {
         let until = Instant::now() + deadline;
         let mut lines = self.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().find(|l| l.contains(pattern)) {
+            if let Some(line) = lines.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
                 return Some(line.clone());
             }
             let now = Instant::now();
@@ -431,6 +464,21 @@ impl Tandem {
                 self.stderr.all()
             )
         })
+    }
+
+    /// Waits for a line of the application log containing every one of `parts`.
+    ///
+    /// Like every `wait_*` here it blocks the calling thread: a test whose in-test backends must
+    /// keep answering meanwhile (health checks) needs `flavor = "multi_thread"`.
+    pub fn wait_log_all(&self, parts: &[&str]) -> String {
+        self.stderr
+            .wait_for_all(parts, DEADLINE)
+            .unwrap_or_else(|| {
+                panic!(
+                    "tandem never logged {parts:?}; its log:\n{}",
+                    self.stderr.all()
+                )
+            })
     }
 
     pub fn log_count(&self, pattern: &str) -> usize {

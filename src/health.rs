@@ -1,0 +1,151 @@
+//! Active health checks: a task per backend probes it every `interval` (±10%), counts
+//! consecutive results, and flips the backend's live `up` state after `fall` failures or `rise`
+//! successes, logging each flip once with its reason. The request path only reads that state.
+//!
+//! [`HealthChecks`] owns the tasks of one snapshot's pools; dropping it (on reload or shutdown)
+//! stops them. The backends' state itself outlives it, so a reload does not forget who is down.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HOST, USER_AGENT};
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use tokio::task::JoinSet;
+
+use crate::config::HealthConfig;
+use crate::pool::{Backend, Pool};
+
+/// Most of a probe's response body read when looking for `expect_body`.
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// The running checks of a set of pools; dropping this stops them.
+pub struct HealthChecks {
+    _tasks: JoinSet<()>,
+}
+
+impl HealthChecks {
+    /// Starts a check task for every backend of every pool that has `[pool.health]`. Must be
+    /// called inside a tokio runtime.
+    pub fn start(pools: &[Arc<Pool>]) -> HealthChecks {
+        let mut tasks = JoinSet::new();
+        for pool in pools {
+            let Some(health) = &pool.config.health else {
+                continue;
+            };
+            // A fresh connection for every probe, so that a check also proves the backend accepts.
+            let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(HttpConnector::new());
+            for backend in &pool.backends {
+                let probe = Probe {
+                    pool: Arc::clone(&pool.name),
+                    backend: Arc::clone(backend),
+                    health: health.clone(),
+                    client: client.clone(),
+                };
+                tasks.spawn(probe.run());
+            }
+        }
+        HealthChecks { _tasks: tasks }
+    }
+}
+
+/// Everything one backend's check task needs.
+struct Probe {
+    pool: Arc<str>,
+    backend: Arc<Backend>,
+    health: HealthConfig,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Probe {
+    async fn run(self) {
+        let mut successes = 0u32;
+        let mut failures = 0u32;
+        loop {
+            let jitter = rand::rng().random_range(0.9..1.1);
+            tokio::time::sleep(self.health.interval.mul_f64(jitter)).await;
+            match self.probe().await {
+                Ok(()) => {
+                    successes += 1;
+                    failures = 0;
+                    if successes >= self.health.rise && self.backend.live.set_up(true) {
+                        tracing::info!(
+                            pool = %self.pool,
+                            backend = %self.backend.config.address,
+                            successes,
+                            "backend is UP: passed its health checks"
+                        );
+                    }
+                }
+                Err(reason) => {
+                    failures += 1;
+                    successes = 0;
+                    if failures >= self.health.fall && self.backend.live.set_up(false) {
+                        tracing::warn!(
+                            pool = %self.pool,
+                            backend = %self.backend.config.address,
+                            failures,
+                            %reason,
+                            "backend is DOWN: failed its health checks"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One probe: `Ok` if the backend answered in time with an expected status (and body).
+    async fn probe(&self) -> Result<(), String> {
+        let health = &self.health;
+        let uri = format!("http://{}{}", self.backend.authority, health.path);
+        let host = match &health.host {
+            Some(host) => HeaderValue::from_str(host),
+            None => HeaderValue::from_str(self.backend.authority.as_str()),
+        }
+        .map_err(|e| format!("bad Host for the probe: {e}"))?;
+        let request = Request::builder()
+            .method(health.method.clone())
+            .uri(uri)
+            .header(HOST, host)
+            .header(USER_AGENT, "tandem-health-check")
+            .body(Empty::new())
+            .map_err(|e| format!("cannot build the probe: {e}"))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| crate::error::chain(&e))?;
+            let status = response.status().as_u16();
+            let expected = if health.expect_status.is_empty() {
+                (200..400).contains(&status)
+            } else {
+                health.expect_status.contains(&status)
+            };
+            if !expected {
+                return Err(format!("status {status}"));
+            }
+            if let Some(text) = &health.expect_body {
+                let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading the body: {e}"))?
+                    .to_bytes();
+                if !String::from_utf8_lossy(&body).contains(text.as_str()) {
+                    return Err(format!("body does not contain `{text}`"));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(health.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", health.timeout)),
+        }
+    }
+}

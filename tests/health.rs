@@ -1,0 +1,146 @@
+//! Active health checks: thresholds, traffic avoiding down backends, and coming back.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// `[pool.health]` with fast checks: every 300 ms, fall 3, rise 2.
+const FAST_CHECKS: &str = "[pool.health]\npath = \"/health\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\nfall = 3\nrise = 2\n";
+
+/// Waits until `tandem` logs that `backend` went `word` (UP or DOWN).
+fn wait_flip(tandem: &Tandem, backend: &Backend, word: &str) -> String {
+    tandem.wait_log_all(&[&format!("backend is {word}"), &backend.address.to_string()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_goes_down_after_fall_failures_and_up_after_rise_successes() {
+    let sick = Backend::start("sick").await;
+    let fine = Backend::start("fine").await;
+    let tandem = Tandem::start(&config(&pool(
+        "web",
+        "round_robin",
+        FAST_CHECKS,
+        &[&sick, &fine],
+    )));
+    let client = client();
+
+    sick.healthy.store(false, Ordering::SeqCst);
+    let failed_before = sick.health_failed.load(Ordering::SeqCst);
+    let line = wait_flip(&tandem, &sick, "DOWN");
+    // Exactly `fall` failed probes: the next probe is 300 ms away when the flip is logged.
+    assert_eq!(
+        sick.health_failed.load(Ordering::SeqCst) - failed_before,
+        3,
+        "{line}"
+    );
+    assert!(line.contains("status 503"), "the reason is logged: {line}");
+    for _ in 0..10 {
+        assert_eq!(get(&client, &tandem.url("/")).await.body, "fine");
+    }
+    // Sticky requests to the down backend are balanced to the others too.
+    let answer = get_with(
+        &client,
+        &tandem.url("/"),
+        &[("cookie", "JSESSIONID=S.sick")],
+    )
+    .await;
+    assert_eq!(answer.body, "fine");
+
+    let passed_before = sick.health_passed.load(Ordering::SeqCst);
+    sick.healthy.store(true, Ordering::SeqCst);
+    wait_flip(&tandem, &sick, "UP");
+    assert_eq!(sick.health_passed.load(Ordering::SeqCst) - passed_before, 2);
+    let answers: Vec<String> = {
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(get(&client, &tandem.url("/")).await.body);
+        }
+        answers
+    };
+    assert!(
+        answers.iter().any(|b| b == "sick"),
+        "the recovered backend gets traffic again: {answers:?}"
+    );
+    assert_eq!(
+        tandem.log_count("backend is DOWN"),
+        1,
+        "a flip is logged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_backends_start_down_answers_503_until_one_rises() {
+    let backend = Backend::start("b").await;
+    backend.healthy.store(false, Ordering::SeqCst);
+    let checks = format!("{FAST_CHECKS}start = \"down\"\n");
+    let tandem = Tandem::start(&config(&pool("web", "round_robin", &checks, &[&backend])));
+    let client = client();
+    let started = Instant::now();
+    let answer = get(&client, &tandem.url("/")).await;
+    assert_eq!(answer.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "503 should be immediate"
+    );
+    backend.healthy.store(true, Ordering::SeqCst);
+    wait_flip(&tandem, &backend, "UP");
+    assert_eq!(get(&client, &tandem.url("/")).await.body, "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_in_time_goes_down() {
+    let (address, _silent) = silent_backend().await;
+    let fine = Backend::start("fine").await;
+    let pools = format!(
+        "[[pool]]\nname = \"web\"\n{FAST_CHECKS}expect_body = \"OK\"\n[[pool.backend]]\naddress = \"{address}\"\n{}",
+        fine.toml()
+    );
+    let tandem = Tandem::start(&config(&pools));
+    let line = tandem.wait_log("backend is DOWN");
+    assert!(
+        line.contains(&address.to_string()) && line.contains("no answer within"),
+        "{line}"
+    );
+    for _ in 0..4 {
+        assert_eq!(get(&client(), &tandem.url("/")).await.body, "fine");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_down_backend_down_and_dropping_checks_brings_it_back() {
+    let sick = Backend::start("sick").await;
+    let fine = Backend::start("fine").await;
+    let with_checks = config(&pool("web", "round_robin", FAST_CHECKS, &[&sick, &fine]));
+    let tandem = Tandem::start(&with_checks);
+    sick.healthy.store(false, Ordering::SeqCst);
+    wait_flip(&tandem, &sick, "DOWN");
+
+    tandem.rewrite_config(&with_checks);
+    tandem.signal(nix::sys::signal::Signal::SIGHUP);
+    tandem.wait_log("config reloaded");
+    let client = client();
+    for _ in 0..6 {
+        assert_eq!(
+            get(&client, &tandem.url("/")).await.body,
+            "fine",
+            "reload forgot the backend is down"
+        );
+    }
+
+    tandem.rewrite_config(&config(&pool("web", "round_robin", "", &[&sick, &fine])));
+    tandem.signal(nix::sys::signal::Signal::SIGHUP);
+    // The real condition: once the reload without checks is in, the backend serves again.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if get(&client, &tandem.url("/")).await.body == "sick" {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "without health checks the backend never came back"
+        );
+    }
+}
