@@ -32,7 +32,10 @@ pub enum ProxyError {
     /// The backend refused or failed the connection (502).
     #[error("cannot connect to the backend: {0}")]
     Connect(String),
-    /// Connecting or waiting for the response head took too long (504).
+    /// Opening the connection took too long; nothing was sent (504).
+    #[error("connecting to the backend timed out: {0}")]
+    ConnectTimeout(String),
+    /// The response head did not come in time (504).
     #[error("the backend did not answer in time: {0}")]
     Timeout(String),
     /// The backend broke the exchange: reset, closed early, or answered nonsense (502).
@@ -49,7 +52,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -63,7 +66,9 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 "502 Bad Gateway: the server failed\n"
             }
-            ProxyError::Timeout(_) => "504 Gateway Timeout: the server did not answer in time\n",
+            ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => {
+                "504 Gateway Timeout: the server did not answer in time\n"
+            }
         }
     }
 

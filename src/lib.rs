@@ -9,6 +9,7 @@
 //! - [`balancer`]: which backend of a pool gets a request; one file per method.
 //! - [`health`]: active health checks that mark backends up and down.
 //! - [`pool`]: pools and backends as the request path sees them, with live counters.
+//! - [`retry`]: which failed attempts go to another backend, and the retry budget.
 //! - [`runtime`]: the current snapshot of routes and pools, swapped on reload.
 //! - [`error`]: the only map from a failure to an HTTP response.
 //! - [`logging`]: application and access logs.
@@ -22,6 +23,7 @@ pub mod health;
 pub mod logging;
 pub mod pool;
 pub mod proxy;
+pub mod retry;
 pub mod routes;
 pub mod runtime;
 pub mod server;

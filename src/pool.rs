@@ -3,14 +3,18 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use http::uri::Authority;
 
+use crate::balancer::Candidates;
 use crate::balancer::{self, Select};
-use crate::config::{BackendConfig, BackendState, PoolConfig};
+use crate::config::{BackendConfig, BackendState, PassiveConfig, PoolConfig};
 use crate::proxy::upstream::Upstream;
+use crate::retry::RetryBudget;
 use crate::sticky;
 
 /// One backend of one pool.
@@ -31,6 +35,11 @@ pub struct BackendLive {
     in_flight: AtomicUsize,
     /// What the health checks last concluded; always true in a pool without checks.
     up: AtomicBool,
+    /// Passive checks: failures counted in the current window, and when that window began.
+    fails: AtomicU32,
+    window_start_ms: AtomicU64,
+    /// Passive checks: [`clock_ms`] until which the backend is out of rotation; 0 when it is not.
+    ejected_until_ms: AtomicU64,
 }
 
 impl Default for BackendLive {
@@ -45,6 +54,9 @@ impl BackendLive {
         BackendLive {
             in_flight: AtomicUsize::new(0),
             up: AtomicBool::new(up),
+            fails: AtomicU32::new(0),
+            window_start_ms: AtomicU64::new(0),
+            ejected_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -87,10 +99,70 @@ impl Backend {
     }
 
     /// Whether requests of sessions it already holds may still go to it: a draining backend
-    /// keeps its sessions until they end, a stopped or down one takes nothing (mod_jk's
+    /// keeps its sessions until they end, a stopped, down or ejected one takes nothing (mod_jk's
     /// activations).
     pub fn takes_sticky_work(&self) -> bool {
-        self.config.state != BackendState::Stopped && self.live.is_up()
+        self.config.state != BackendState::Stopped && self.live.is_up() && !self.is_ejected()
+    }
+
+    /// Whether passive checks have taken this backend out of rotation. The first call after
+    /// the ejection ends puts it back, and says so in the log.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.live.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if clock_ms() < until {
+            return true;
+        }
+        let back = self.live.ejected_until_ms.compare_exchange(
+            until,
+            0,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if back.is_ok() {
+            tracing::info!(backend = %self.config.address, "backend back in rotation after its passive ejection");
+        }
+        false
+    }
+
+    /// Counts a failed request (connect error, timeout, reset, or a `fail_on_status` status)
+    /// against this backend; `max_fails` of them in a row within `fail_window` eject it for
+    /// `recover_after`.
+    pub fn record_failure(&self, passive: &PassiveConfig, pool: &str, reason: &str) {
+        if passive.max_fails == 0 {
+            return;
+        }
+        let now = clock_ms();
+        let live = &self.live;
+        let window = passive.fail_window.as_millis() as u64;
+        if now.saturating_sub(live.window_start_ms.load(Ordering::Relaxed)) > window {
+            live.window_start_ms.store(now, Ordering::Relaxed);
+            live.fails.store(0, Ordering::Relaxed);
+        }
+        let fails = live.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if fails >= passive.max_fails {
+            live.fails.store(0, Ordering::Relaxed);
+            let until = now + passive.recover_after.as_millis() as u64;
+            if live.ejected_until_ms.swap(until, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    pool,
+                    backend = %self.config.address,
+                    fails,
+                    recover_after = ?passive.recover_after,
+                    %reason,
+                    "backend ejected: it failed requests"
+                );
+            }
+        }
+    }
+
+    /// Counts a successful request: the failures so far no longer count as "in a row".
+    pub fn record_success(&self) {
+        if self.live.fails.load(Ordering::Relaxed) != 0 {
+            self.live.fails.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -105,6 +177,8 @@ pub struct Pool {
     balancer: Box<dyn Select>,
     /// Route name to index in `backends`, for sticky requests.
     by_route: HashMap<String, usize>,
+    /// Tokens for retries, filled by each request.
+    pub retry_budget: RetryBudget,
     /// The keep-alive client for this pool's backends; shared with the previous snapshot when
     /// its settings did not change.
     pub upstream: Arc<Upstream>,
@@ -152,6 +226,7 @@ impl Pool {
             .map(|(i, b)| (b.config.route.clone(), i))
             .collect();
         Pool {
+            retry_budget: RetryBudget::new(config.retry.budget),
             name: Arc::from(config.name.as_str()),
             config,
             backends,
@@ -161,21 +236,38 @@ impl Pool {
         }
     }
 
-    /// The backend a session sticks to: the first of `session_ids` whose route names a backend
-    /// of this pool that still takes its sessions' requests.
-    pub fn sticky_backend(&self, session_ids: &[&str], separator: char) -> Option<&Arc<Backend>> {
+    /// The backend a session sticks to, as an index into `backends`: the first of
+    /// `session_ids` whose route names a backend of this pool that still takes its sessions'
+    /// requests.
+    pub fn sticky_backend(&self, session_ids: &[&str], separator: char) -> Option<usize> {
         session_ids
             .iter()
             .filter_map(|id| sticky::route_of(id, separator))
-            .filter_map(|route| self.by_route.get(route))
-            .map(|&i| &self.backends[i])
-            .find(|backend| backend.takes_sticky_work())
+            .filter_map(|route| self.by_route.get(route).copied())
+            .find(|&i| self.backends[i].takes_sticky_work())
     }
 
-    /// Picks a backend for a new request from `client`, or `None` when no backend takes new work.
-    pub fn select(&self, client: IpAddr) -> Option<&Arc<Backend>> {
-        self.balancer
-            .select(&self.backends, client)
-            .map(|i| &self.backends[i])
+    /// Picks a backend (an index into `backends`) for an attempt by `client`, other than those
+    /// in `exclude`; `None` when none is usable. When passive checks have ejected every usable
+    /// backend, they are tried anyway.
+    pub fn select(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
+        let candidates = Candidates {
+            backends: &self.backends,
+            exclude,
+            ignore_ejection: false,
+        };
+        self.balancer.select(&candidates, client).or_else(|| {
+            let anyway = Candidates {
+                ignore_ejection: true,
+                ..candidates
+            };
+            self.balancer.select(&anyway, client)
+        })
     }
+}
+
+/// Milliseconds since the first call, plus one, so that 0 can mean "never".
+fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }

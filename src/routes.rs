@@ -128,6 +128,17 @@ mod tests {
             max_idle_per_backend: 1,
             sticky: None,
             health: None,
+            retry: crate::config::RetryConfig {
+                attempts: 1,
+                budget: 0.0,
+                methods: vec![],
+            },
+            passive: crate::config::PassiveConfig {
+                max_fails: 0,
+                fail_window: Duration::from_secs(1),
+                recover_after: Duration::from_secs(1),
+                fail_on_status: vec![],
+            },
             backends: vec![],
         }
     }

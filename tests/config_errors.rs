@@ -194,3 +194,42 @@ address = "127.0.0.1:9001"
         );
     }
 }
+
+#[test]
+fn retry_and_passive_keys_are_checked() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080"]
+
+[[pool]]
+name = "web"
+[pool.retry]
+attempts = 0
+budget = 1.5
+methods = ["GET", "NOT A METHOD"]
+[pool.passive]
+max_fails = -1
+fail_window = "whenever"
+recover_after = "0ms"
+fail_on_status = [42]
+[[pool.backend]]
+address = "127.0.0.1:9001"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    for (location, key) in [
+        ("bad.toml:7:", "pool[0].retry.attempts"),
+        ("bad.toml:8:", "pool[0].retry.budget"),
+        ("bad.toml:9:", "pool[0].retry.methods[1]"),
+        ("bad.toml:11:", "pool[0].passive.max_fails"),
+        ("bad.toml:12:", "pool[0].passive.fail_window"),
+        ("bad.toml:13:", "pool[0].passive.recover_after"),
+        ("bad.toml:14:", "pool[0].passive.fail_on_status[0]"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.contains(location) && line.contains(key)),
+            "no error at {location} for {key} in:\n{stderr}"
+        );
+    }
+}

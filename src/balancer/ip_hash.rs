@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::Select;
+use super::{Candidates, Select};
 use crate::pool::Backend;
 
 /// Ring points per unit of weight: enough for an even spread over a handful of backends.
@@ -34,7 +34,7 @@ impl HashRing {
 }
 
 impl Select for HashRing {
-    fn select(&self, backends: &[Arc<Backend>], client: IpAddr) -> Option<usize> {
+    fn select(&self, candidates: &Candidates<'_>, client: IpAddr) -> Option<usize> {
         let key = match client {
             IpAddr::V4(v4) => hash64(&v4.octets()),
             IpAddr::V6(v6) => hash64(&v6.octets()),
@@ -43,7 +43,7 @@ impl Select for HashRing {
         let n = self.points.len();
         (0..n)
             .map(|k| self.points[(start + k) % n].1)
-            .find(|&i| backends[i].takes_new_work())
+            .find(|&i| candidates.usable(i))
     }
 }
 
@@ -65,7 +65,7 @@ fn hash64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_support::{backends, with_state};
+    use crate::balancer::test_support::{all, backends, with_state};
     use crate::config::BackendState;
 
     fn clients() -> impl Iterator<Item = IpAddr> {
@@ -80,8 +80,8 @@ mod tests {
         changed_pool[2] = with_state(&pool[2], BackendState::Stopped);
         let mut counts = [0usize; 4];
         for client in clients() {
-            let before = ring.select(&pool, client).unwrap();
-            let after = ring.select(&changed_pool, client).unwrap();
+            let before = ring.select(&all(&pool), client).unwrap();
+            let after = ring.select(&all(&changed_pool), client).unwrap();
             counts[before] += 1;
             if before != 2 {
                 assert_eq!(

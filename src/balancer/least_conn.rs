@@ -3,10 +3,8 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use super::Select;
-use crate::pool::Backend;
+use super::{Candidates, Select};
 
 /// Where the scan for the least loaded backend starts, moved on by each request.
 #[derive(Default)]
@@ -15,23 +13,23 @@ pub struct LeastConn {
 }
 
 impl Select for LeastConn {
-    fn select(&self, backends: &[Arc<Backend>], _client: IpAddr) -> Option<usize> {
-        let n = backends.len();
+    fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
+        let n = candidates.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)
             .map(|k| (start + k) % n)
-            .filter(|&i| backends[i].takes_new_work())
-            .min_by_key(|&i| backends[i].live.in_flight())
+            .filter(|&i| candidates.usable(i))
+            .min_by_key(|&i| candidates.backends[i].live.in_flight())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_support::backends;
+    use crate::balancer::test_support::{all, backends};
 
     #[test]
     fn busy_backend_is_avoided_and_idle_ones_alternate() {
@@ -40,7 +38,7 @@ mod tests {
         let selector = LeastConn::default();
         let ip = IpAddr::from([127, 0, 0, 1]);
         let picks: Vec<usize> = (0..4)
-            .map(|_| selector.select(&pool, ip).unwrap())
+            .map(|_| selector.select(&all(&pool), ip).unwrap())
             .collect();
         assert!(!picks.contains(&0), "{picks:?}");
         assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");

@@ -1,7 +1,7 @@
 //! Balancing: which backend of a pool gets a new request. One file per method.
 //!
-//! A selector sees the pool's backends in config order and returns an index; it skips backends
-//! that take no new work (draining, stopped). Selectors know nothing of sessions or health.
+//! A selector sees the pool's backends in config order and returns an index of one that is
+//! usable for this request (see [`Candidates::usable`]). Selectors know nothing of sessions.
 
 mod ip_hash;
 mod least_conn;
@@ -15,10 +15,41 @@ use std::sync::Arc;
 use crate::config::BalanceMethod;
 use crate::pool::Backend;
 
+/// The backends a selector may pick from for one attempt of one request.
+pub struct Candidates<'a> {
+    /// The pool's backends, in config order.
+    pub backends: &'a [Arc<Backend>],
+    /// Indexes already tried by this request (a retry goes elsewhere).
+    pub exclude: &'a [usize],
+    /// Set when every backend is ejected by passive checks: then they are tried anyway, as
+    /// nginx does, rather than failing everything.
+    pub ignore_ejection: bool,
+}
+
+impl Candidates<'_> {
+    /// Whether backend `i` may get this attempt: not tried yet, active and up, and not ejected.
+    pub fn usable(&self, i: usize) -> bool {
+        let backend = &self.backends[i];
+        !self.exclude.contains(&i)
+            && backend.takes_new_work()
+            && (self.ignore_ejection || !backend.is_ejected())
+    }
+
+    /// How many backends the pool has (usable or not).
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Whether the pool has no backends at all.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+}
+
 /// A balance method with whatever state it keeps between requests.
 pub trait Select: Send + Sync {
-    /// Index into `backends` of the backend for this request, `None` if none takes new work.
-    fn select(&self, backends: &[Arc<Backend>], client: IpAddr) -> Option<usize>;
+    /// Index of the backend for this attempt, `None` if no candidate is usable.
+    fn select(&self, candidates: &Candidates<'_>, client: IpAddr) -> Option<usize>;
 }
 
 /// Builds the selector for `method` over `backends` (the same slice later passed to `select`).
@@ -32,12 +63,12 @@ pub fn for_method(method: BalanceMethod, backends: &[Arc<Backend>]) -> Box<dyn S
     }
 }
 
-/// The first index at or after `start` (wrapping) whose backend takes new work.
-fn first_usable_from(backends: &[Arc<Backend>], start: usize) -> Option<usize> {
-    let n = backends.len();
+/// The first usable index at or after `start` (wrapping).
+fn first_usable_from(candidates: &Candidates<'_>, start: usize) -> Option<usize> {
+    let n = candidates.len();
     (0..n)
         .map(|k| (start + k) % n)
-        .find(|&i| backends[i].takes_new_work())
+        .find(|&i| candidates.usable(i))
 }
 
 #[cfg(test)]
@@ -46,6 +77,17 @@ pub(crate) mod test_support {
 
     use crate::config::{BackendConfig, BackendState};
     use crate::pool::{Backend, BackendLive};
+
+    use super::Candidates;
+
+    /// Every backend of `backends` as a candidate.
+    pub fn all(backends: &[Arc<Backend>]) -> Candidates<'_> {
+        Candidates {
+            backends,
+            exclude: &[],
+            ignore_ejection: false,
+        }
+    }
 
     /// Backends named b0, b1, ... with the given weights, all active.
     pub fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {

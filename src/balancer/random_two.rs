@@ -2,20 +2,19 @@
 //! with fewer open requests wins; nearly as good as least_conn with no shared scan order.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use rand::Rng;
 
-use super::Select;
-use crate::pool::Backend;
+use super::{Candidates, Select};
 
 /// Stateless: randomness comes from the thread-local generator.
 pub struct RandomTwo;
 
 impl Select for RandomTwo {
-    fn select(&self, backends: &[Arc<Backend>], _client: IpAddr) -> Option<usize> {
+    fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
+        let backends = candidates.backends;
         let usable: Vec<usize> = (0..backends.len())
-            .filter(|&i| backends[i].takes_new_work())
+            .filter(|&i| candidates.usable(i))
             .collect();
         let mut rng = rand::rng();
         match usable.len() {

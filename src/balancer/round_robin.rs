@@ -2,10 +2,8 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use super::{first_usable_from, Select};
-use crate::pool::Backend;
+use super::{first_usable_from, Candidates, Select};
 
 /// A shared turn counter; concurrent requests each take the next turn.
 #[derive(Default)]
@@ -14,11 +12,11 @@ pub struct RoundRobin {
 }
 
 impl Select for RoundRobin {
-    fn select(&self, backends: &[Arc<Backend>], _client: IpAddr) -> Option<usize> {
-        if backends.is_empty() {
+    fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
+        if candidates.is_empty() {
             return None;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        first_usable_from(backends, turn % backends.len())
+        first_usable_from(candidates, turn % candidates.len())
     }
 }

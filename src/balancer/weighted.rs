@@ -2,10 +2,9 @@
 //! requests goes a a b a c a a, never five to one backend in a row.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use super::Select;
-use crate::pool::Backend;
+use super::{Candidates, Select};
 
 /// Each backend's current weight; a request raises every usable backend's current weight by its
 /// weight, goes to the highest, and lowers that one by the total.
@@ -22,15 +21,15 @@ impl SmoothWeighted {
 }
 
 impl Select for SmoothWeighted {
-    fn select(&self, backends: &[Arc<Backend>], _client: IpAddr) -> Option<usize> {
+    fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (i, backend) in backends.iter().enumerate() {
-            if !backend.takes_new_work() {
+        for (i, backend) in candidates.backends.iter().enumerate() {
+            if !candidates.usable(i) {
                 continue;
             }
             let weight = i64::from(backend.config.weight);
@@ -49,7 +48,7 @@ impl Select for SmoothWeighted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_support::backends;
+    use crate::balancer::test_support::{all, backends};
 
     #[test]
     fn five_one_one_is_spread_as_nginx_spreads_it() {
@@ -57,7 +56,7 @@ mod tests {
         let selector = SmoothWeighted::new(pool.len());
         let ip = IpAddr::from([127, 0, 0, 1]);
         let picks: Vec<usize> = (0..7)
-            .map(|_| selector.select(&pool, ip).unwrap())
+            .map(|_| selector.select(&all(&pool), ip).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawBackend, RawConfig, RawHealth, RawPool, RawSize, RawSticky};
+use raw::{RawBackend, RawConfig, RawHealth, RawPassive, RawPool, RawRetry, RawSize, RawSticky};
 
 /// A validated configuration, as every other module sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,8 +117,39 @@ pub struct PoolConfig {
     pub sticky: Option<StickyConfig>,
     /// Active health checks; `None` without a `[pool.health]` table (every backend counts as up).
     pub health: Option<HealthConfig>,
+    /// When a failed request is tried again on another backend.
+    pub retry: RetryConfig,
+    /// When failures of real requests take a backend out of rotation for a while.
+    pub passive: PassiveConfig,
     /// The pool's backends, in file order.
     pub backends: Vec<BackendConfig>,
+}
+
+/// When a failed attempt is tried again on another backend. Only requests without a body are
+/// retried (tandem does not keep a body it has started to send).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Tries per request at most, the first included (1: never retry).
+    pub attempts: u32,
+    /// Retries may add at most this share of the pool's requests (plus a reserve of 10), so that
+    /// a sick pool is not hammered.
+    pub budget: f64,
+    /// Methods also retried after the request was sent (reset or timeout before the response
+    /// head); any method is retried when the connection could not be made.
+    pub methods: Vec<http::Method>,
+}
+
+/// Passive failure detection, as nginx's `max_fails`/`fail_timeout`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveConfig {
+    /// Failures in a row within `fail_window` that eject a backend; 0 turns ejection off.
+    pub max_fails: u32,
+    /// Failures further apart than this start the count again.
+    pub fail_window: Duration,
+    /// How long an ejected backend gets no new requests before it is tried again.
+    pub recover_after: Duration,
+    /// Response statuses that count as failures (the response still goes to the client).
+    pub fail_on_status: Vec<u16>,
 }
 
 /// How a pool's backends are probed, and when a backend counts as down or up again.
@@ -723,8 +754,113 @@ impl Checker<'_> {
             ) as usize,
             sticky: self.sticky(&prefix, raw.sticky),
             health: raw.health.map(|health| self.health(&prefix, health)),
+            retry: self.retry(&prefix, raw.retry),
+            passive: self.passive(&prefix, raw.passive),
             backends,
         }
+    }
+
+    /// Checks `[pool.retry]`; without it: 3 attempts, a 20% budget, the idempotent methods.
+    fn retry(&mut self, prefix: &str, raw: Option<RawRetry>) -> RetryConfig {
+        let raw = raw.unwrap_or(RawRetry {
+            attempts: None,
+            budget: None,
+            methods: None,
+        });
+        let attempts =
+            self.count(raw.attempts, &format!("{prefix}.retry.attempts"), 1..11, 3) as u32;
+        let budget = match raw.budget {
+            None => 0.2,
+            Some(budget) if (0.0..=1.0).contains(budget.get_ref()) => *budget.get_ref(),
+            Some(budget) => {
+                let message = format!(
+                    "{} is not a share: use a number from 0.0 to 1.0",
+                    budget.get_ref()
+                );
+                self.error(
+                    Some(budget.span()),
+                    format!("{prefix}.retry.budget"),
+                    message,
+                );
+                0.2
+            }
+        };
+        let methods = match raw.methods {
+            None => vec![
+                http::Method::GET,
+                http::Method::HEAD,
+                http::Method::OPTIONS,
+                http::Method::PUT,
+                http::Method::DELETE,
+            ],
+            Some(methods) => methods
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, method)| {
+                    match http::Method::from_bytes(method.get_ref().as_bytes()) {
+                        Ok(parsed) if is_token(method.get_ref()) => Some(parsed),
+                        _ => {
+                            let message = format!("`{}` is not a method", method.get_ref());
+                            self.error(
+                                Some(method.span()),
+                                format!("{prefix}.retry.methods[{i}]"),
+                                message,
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect(),
+        };
+        RetryConfig {
+            attempts,
+            budget,
+            methods,
+        }
+    }
+
+    /// Checks `[pool.passive]`; without it: 3 failures within 10s eject for 30s.
+    fn passive(&mut self, prefix: &str, raw: Option<RawPassive>) -> PassiveConfig {
+        let raw = raw.unwrap_or(RawPassive {
+            max_fails: None,
+            fail_window: None,
+            recover_after: None,
+            fail_on_status: None,
+        });
+        let key = |name: &str| format!("{prefix}.passive.{name}");
+        let max_fails = self.count(raw.max_fails, &key("max_fails"), 0..1001, 3) as u32;
+        let fail_window = self.duration(
+            raw.fail_window,
+            &key("fail_window"),
+            Duration::from_secs(10),
+        );
+        let recover_after = self.duration(
+            raw.recover_after,
+            &key("recover_after"),
+            Duration::from_secs(30),
+        );
+        let fail_on_status = self.statuses(raw.fail_on_status, &key("fail_on_status"));
+        PassiveConfig {
+            max_fails,
+            fail_window,
+            recover_after,
+            fail_on_status,
+        }
+    }
+
+    /// Checks a list of HTTP status codes.
+    fn statuses(&mut self, raw: Option<Vec<Spanned<i64>>>, key: &str) -> Vec<u16> {
+        let mut statuses = Vec::new();
+        for (i, status) in raw.into_iter().flatten().enumerate() {
+            match u16::try_from(*status.get_ref()) {
+                Ok(code) if (100..600).contains(&code) => statuses.push(code),
+                _ => {
+                    let message = format!("{} is not an HTTP status", status.get_ref());
+                    self.error(Some(status.span()), format!("{key}[{i}]"), message);
+                }
+            }
+        }
+        statuses
     }
 
     /// Checks `[pool.health]`.
@@ -768,20 +904,7 @@ impl Checker<'_> {
         let timeout = self.duration(raw.timeout, &key("timeout"), Duration::from_secs(1));
         let rise = self.count(raw.rise, &key("rise"), 1..101, 2) as u32;
         let fall = self.count(raw.fall, &key("fall"), 1..101, 3) as u32;
-        let mut expect_status = Vec::new();
-        for (i, status) in raw.expect_status.into_iter().flatten().enumerate() {
-            match u16::try_from(*status.get_ref()) {
-                Ok(code) if (100..600).contains(&code) => expect_status.push(code),
-                _ => {
-                    let message = format!("{} is not an HTTP status", status.get_ref());
-                    self.error(
-                        Some(status.span()),
-                        format!("{}[{i}]", key("expect_status")),
-                        message,
-                    );
-                }
-            }
-        }
+        let expect_status = self.statuses(raw.expect_status, &key("expect_status"));
         let expect_body = raw
             .expect_body
             .map(Spanned::into_inner)

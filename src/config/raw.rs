@@ -65,8 +65,29 @@ pub struct RawPool {
     pub max_idle_per_backend: Option<Spanned<i64>>,
     pub sticky: Option<RawSticky>,
     pub health: Option<RawHealth>,
+    pub retry: Option<RawRetry>,
+    pub passive: Option<RawPassive>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+/// `[pool.retry]`: trying a failed request again on another backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<Spanned<i64>>,
+    pub budget: Option<Spanned<f64>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+}
+
+/// `[pool.passive]`: ejecting a backend that fails real requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub max_fails: Option<Spanned<i64>>,
+    pub fail_window: Option<Spanned<String>>,
+    pub recover_after: Option<Spanned<String>>,
+    pub fail_on_status: Option<Vec<Spanned<i64>>>,
 }
 
 /// `[pool.health]`: active health checks; present means on.

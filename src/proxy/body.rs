@@ -91,6 +91,48 @@ impl Body for ResponseBody {
     }
 }
 
+/// The body of a request sent to a backend: the client's, streamed, or none (a retry of a
+/// request that had none).
+pub enum RequestBody {
+    /// The client's body, relayed as it arrives.
+    Client {
+        /// The body as hyper hands it over.
+        body: Incoming,
+    },
+    /// No body.
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // `Incoming` is `Unpin`, so no pin projection is needed.
+        match self.get_mut() {
+            RequestBody::Client { body } => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client { body } => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client { body } => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// What is known about one request, logged as one access-log line when its response is done.
 pub struct Completion {
     /// When tandem had read the request head.

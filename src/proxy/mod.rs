@@ -14,16 +14,16 @@ use std::time::Instant;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
 
 use crate::error::ProxyError;
 use crate::pool::{Backend, InFlight};
 use crate::routes::normalize_host;
 use crate::runtime::{Runtime, Snapshot};
 use crate::server::OpenRequest;
-use crate::sticky;
-use body::{Completion, ResponseBody};
+use crate::{retry, sticky};
+use body::{Completion, RequestBody, ResponseBody};
 
 /// The per-connection service: what hyper calls for each request on one client connection.
 #[derive(Clone)]
@@ -149,59 +149,95 @@ impl ProxyService {
             })?;
         let pool = &snapshot.pools[pool_index];
         completion.pool = Some(Arc::clone(&pool.name));
-        let sticky_backend = pool.config.sticky.as_ref().and_then(|sticky| {
+        pool.retry_budget.deposit();
+        let sticky_index = pool.config.sticky.as_ref().and_then(|sticky| {
             let ids = sticky::session_ids(request.headers(), request.uri().path(), sticky);
             pool.sticky_backend(&ids, sticky.separator)
         });
-        let backend = match sticky_backend {
-            Some(backend) => backend,
+        let client_upgrade = self.prepare(&mut request, host, snapshot);
+        let retry = &pool.config.retry;
+        // Only a request without a body can be sent again; keep what it takes to rebuild it.
+        let replay =
+            (client_upgrade.is_none() && retry.attempts > 1 && request.body().is_end_stream())
+                .then(|| Replay::of(&request));
+        let mut first = Some(request.map(|body| RequestBody::Client { body }));
+        let mut tried: Vec<usize> = Vec::new();
+        let mut index = match sticky_index {
+            Some(index) => index,
             None => pool
-                .select(self.client.ip())
+                .select(self.client.ip(), &tried)
                 .ok_or_else(|| ProxyError::NoBackend {
                     pool: pool.name.to_string(),
                 })?,
         };
-        completion.backend = Some(Arc::clone(backend));
-        completion.attempts = 1;
-
-        let client_upgrade = self.prepare(&mut request, backend, host, snapshot);
-        let in_flight = backend.live.start();
-        let mut response = pool.upstream.send(request).await?;
-
-        let backend_upgrade = headers::strip_hop_by_hop(response.headers_mut());
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let (Some(client_side), Some(protocol)) = (client_upgrade, backend_upgrade) else {
-                return Err(ProxyError::Upstream(
-                    "101 Switching Protocols to a request that asked for none".into(),
-                ));
+        loop {
+            let backend = &pool.backends[index];
+            completion.backend = Some(Arc::clone(backend));
+            completion.attempts += 1;
+            let mut attempt = match (first.take(), &replay) {
+                (Some(request), _) => request,
+                (None, Some(replay)) => replay.build(),
+                (None, None) => unreachable!("a second attempt is only made with a replay"),
             };
-            let backend_side = hyper::upgrade::on(&mut response);
-            headers::restore_upgrade(response.headers_mut(), protocol);
-            upgrade::tunnel(client_side, backend_side, backend.config.address.clone());
+            aim(&mut attempt, backend);
+            let in_flight = backend.live.start();
+            match pool.upstream.send(attempt).await {
+                Ok(response) => {
+                    let status = response.status();
+                    if pool
+                        .config
+                        .passive
+                        .fail_on_status
+                        .contains(&status.as_u16())
+                    {
+                        backend.record_failure(
+                            &pool.config.passive,
+                            &pool.name,
+                            &format!("status {status}"),
+                        );
+                    } else {
+                        backend.record_success();
+                    }
+                    return relay(response, in_flight, client_upgrade, backend);
+                }
+                Err(error) => {
+                    backend.record_failure(&pool.config.passive, &pool.name, &error.to_string());
+                    tried.push(index);
+                    let next = if replay.is_some()
+                        && completion.attempts < retry.attempts
+                        && retry::may_retry(&error, &completion.method, retry)
+                    {
+                        pool.select(self.client.ip(), &tried)
+                    } else {
+                        None
+                    };
+                    // The budget is spent only on a retry that has somewhere to go.
+                    match next {
+                        Some(next) if pool.retry_budget.withdraw() => {
+                            tracing::info!(
+                                pool = %pool.name,
+                                backend = %backend.config.address,
+                                attempt = completion.attempts,
+                                reason = %error,
+                                "retrying on another backend"
+                            );
+                            index = next;
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            }
         }
-        Ok((response, in_flight))
     }
 
-    /// Rewrites `request` for `backend`: absolute URI, HTTP/1.1, hop-by-hop headers out,
-    /// X-Forwarded-* in. Returns the client side of a requested protocol switch.
+    /// Rewrites `request`'s head for any backend: hop-by-hop headers out, X-Forwarded-* in,
+    /// HTTP/1.1. Returns the client side of a requested protocol switch.
     fn prepare(
         &self,
         request: &mut Request<Incoming>,
-        backend: &Backend,
         host: Option<HeaderValue>,
         snapshot: &Snapshot,
     ) -> Option<hyper::upgrade::OnUpgrade> {
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(backend.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
-
         let protocol = headers::strip_hop_by_hop(request.headers_mut());
         let client_upgrade = match protocol {
             Some(protocol) if request.version() == Version::HTTP_11 => {
@@ -224,5 +260,68 @@ impl ProxyService {
             trusted,
         );
         client_upgrade
+    }
+}
+
+/// Points `request` at `backend`: an absolute URI naming it, the path and query kept.
+fn aim(request: &mut Request<RequestBody>, backend: &Backend) {
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(backend.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+}
+
+/// Takes a backend's response for the client: hop-by-hop headers out, and for a 101 to an
+/// upgrade request, the upgrade headers back in and the tunnel spawned.
+fn relay(
+    mut response: Response<Incoming>,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    backend: &Backend,
+) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+    let backend_upgrade = headers::strip_hop_by_hop(response.headers_mut());
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client_side), Some(protocol)) = (client_upgrade, backend_upgrade) else {
+            return Err(ProxyError::Upstream(
+                "101 Switching Protocols to a request that asked for none".into(),
+            ));
+        };
+        let backend_side = hyper::upgrade::on(&mut response);
+        headers::restore_upgrade(response.headers_mut(), protocol);
+        upgrade::tunnel(client_side, backend_side, backend.config.address.clone());
+    }
+    Ok((response, in_flight))
+}
+
+/// What it takes to send a request without a body again: its method, target and prepared
+/// headers.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<Incoming>) -> Replay {
+        Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        }
+    }
+
+    fn build(&self) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::Empty);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        *request.version_mut() = Version::HTTP_11;
+        request
     }
 }

@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::PoolConfig;
 use crate::error::{chain, ProxyError};
+use crate::proxy::body::RequestBody;
 
 /// The settings a client is built from; a reload keeps the client (and its idle connections)
 /// when they are unchanged.
@@ -35,7 +36,7 @@ impl Settings {
 
 /// Sends requests to a pool's backends over pooled HTTP/1.1 connections.
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     settings: Settings,
 }
 
@@ -60,7 +61,10 @@ impl Upstream {
     }
 
     /// Sends `request` (its URI absolute, naming the backend) and waits for the response head.
-    pub async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let limit = self.settings.response_timeout;
         match tokio::time::timeout(limit, self.client.request(request)).await {
             Err(_) => Err(ProxyError::Timeout(format!(
@@ -83,7 +87,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
                 .downcast_ref::<io::Error>()
                 .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
             {
-                return ProxyError::Timeout(described);
+                return ProxyError::ConnectTimeout(described);
             }
             source = inner.source();
         }

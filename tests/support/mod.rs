@@ -86,13 +86,16 @@ impl Backend {
             health_passed: Arc::clone(&health_passed),
             health_failed: Arc::clone(&health_failed),
         };
+        // The accept task owns its connections: aborting it (`kill`) closes them all.
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                while connections.try_join_next().is_some() {}
                 let state = state.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |request| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(state.answer(request).await) }
@@ -118,6 +121,21 @@ impl Backend {
 
     pub fn count(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Kills the backend as a crash would: the listener and every open connection close, and
+    /// connecting is refused from then on. Returns once connecting is refused.
+    pub async fn kill(&self) {
+        self.task.abort();
+        let until = Instant::now() + DEADLINE;
+        while tokio::net::TcpStream::connect(self.address).await.is_ok() {
+            assert!(
+                Instant::now() < until,
+                "{} still accepts after kill",
+                self.name
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The `[[pool.backend]]` table for this backend.
@@ -268,14 +286,24 @@ pub fn refusing_address() -> SocketAddr {
 
 /// A backend that accepts connections and closes them at once without answering.
 pub async fn resetting_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let (address, _accepted, task) = counting_resetting_backend().await;
+    (address, task)
+}
+
+/// A resetting backend that also counts the connections it accepted.
+pub async fn counting_resetting_backend(
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
             drop(stream);
         }
     });
-    (address, task)
+    (address, accepted, task)
 }
 
 /// A backend that accepts connections and reads forever without ever answering.
@@ -493,6 +521,11 @@ impl Tandem {
                 self.stdout.all()
             )
         })
+    }
+
+    /// Every access-log line so far.
+    pub fn access_log(&self) -> String {
+        self.stdout.all()
     }
 
     /// Waits for the process to exit, failing the test after the deadline.
