@@ -15,7 +15,8 @@ use crate::balancer::{self, Select};
 use crate::config::{BackendConfig, BackendState, PassiveConfig, PoolConfig};
 use crate::proxy::upstream::Upstream;
 use crate::retry::RetryBudget;
-use crate::sticky;
+use crate::sticky::{self, SessionId};
+use crate::takeover::{CookieTemplates, TakeoverTable};
 
 /// One backend of one pool.
 #[derive(Debug)]
@@ -179,6 +180,10 @@ pub struct Pool {
     by_route: HashMap<String, usize>,
     /// Tokens for retries, filled by each request.
     pub retry_budget: RetryBudget,
+    /// Sessions whose route was taken over; kept across reloads.
+    pub takeovers: Arc<TakeoverTable>,
+    /// How the backends set their session cookies; kept across reloads.
+    pub cookie_templates: Arc<CookieTemplates>,
     /// The keep-alive client for this pool's backends; shared with the previous snapshot when
     /// its settings did not change.
     pub upstream: Arc<Upstream>,
@@ -225,7 +230,24 @@ impl Pool {
             .enumerate()
             .map(|(i, b)| (b.config.route.clone(), i))
             .collect();
+        // Kept across reloads; a changed takeover_ttl or takeover_max applies after a restart.
+        let takeovers = previous
+            .map(|p| Arc::clone(&p.takeovers))
+            .unwrap_or_else(|| {
+                let (ttl, max) = config
+                    .sticky
+                    .as_ref()
+                    .map_or((std::time::Duration::from_secs(1800), 1), |s| {
+                        (s.takeover_ttl, s.takeover_max)
+                    });
+                Arc::new(TakeoverTable::new(ttl, max))
+            });
+        let cookie_templates = previous
+            .map(|p| Arc::clone(&p.cookie_templates))
+            .unwrap_or_default();
         Pool {
+            takeovers,
+            cookie_templates,
             retry_budget: RetryBudget::new(config.retry.budget),
             name: Arc::from(config.name.as_str()),
             config,
@@ -236,15 +258,33 @@ impl Pool {
         }
     }
 
-    /// The backend a session sticks to, as an index into `backends`: the first of
-    /// `session_ids` whose route names a backend of this pool that still takes its sessions'
-    /// requests.
-    pub fn sticky_backend(&self, session_ids: &[&str], separator: char) -> Option<usize> {
-        session_ids
-            .iter()
-            .filter_map(|id| sticky::route_of(id, separator))
-            .filter_map(|route| self.by_route.get(route).copied())
-            .find(|&i| self.backends[i].takes_sticky_work())
+    /// The session a request belongs to and the backend that owns it: for the first of `ids`
+    /// whose session was taken over, or whose route names a backend of this pool, whether or not
+    /// that backend can serve it now (the caller fails over and takes the route over).
+    pub fn sticky_target(&self, ids: &[SessionId<'_>], separator: char) -> Option<StickyTarget> {
+        ids.iter().find_map(|id| {
+            let base = sticky::base_of(id.value, separator);
+            let taken_over = self.takeovers.get(base).and_then(|takeover| {
+                Some((
+                    *self.by_route.get(&takeover.route)?,
+                    Some(takeover.backend_id),
+                ))
+            });
+            let by_route = || {
+                Some((
+                    *self.by_route.get(sticky::route_of(id.value, separator)?)?,
+                    None,
+                ))
+            };
+            let (owner, backend_id) = taken_over.or_else(by_route)?;
+            Some(StickyTarget {
+                id: id.value.to_string(),
+                cookie: id.cookie.map(str::to_string),
+                base: base.to_string(),
+                owner,
+                backend_id,
+            })
+        })
     }
 
     /// Picks a backend (an index into `backends`) for an attempt by `client`, other than those
@@ -270,4 +310,19 @@ impl Pool {
 fn clock_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// The session a request belongs to, as `Pool::sticky_target` found it.
+#[derive(Debug, Clone)]
+pub struct StickyTarget {
+    /// The session id as the request sent it.
+    pub id: String,
+    /// The cookie it came in; `None` when it came in the URL.
+    pub cookie: Option<String>,
+    /// The id without its route: the session, whichever backend holds it.
+    pub base: String,
+    /// Index of the backend that owns the session (by takeover, else by route).
+    pub owner: usize,
+    /// The id the backends know the session by, when a takeover recorded one.
+    pub backend_id: Option<String>,
 }

@@ -8,28 +8,70 @@ use http::header::{HeaderMap, COOKIE};
 
 use crate::config::StickyConfig;
 
+/// A session id found in a request, and where: the cookie it came in, or the URL (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionId<'r> {
+    /// The id as sent.
+    pub value: &'r str,
+    /// The cookie name it was sent in; `None` for the URL path parameter.
+    pub cookie: Option<&'r str>,
+}
+
 /// The session ids a request carries, most trusted first: each configured cookie name in order
 /// (every occurrence, in the order sent), then the URL path parameter.
 pub fn session_ids<'r>(
     headers: &'r HeaderMap,
     path: &'r str,
-    sticky: &StickyConfig,
-) -> Vec<&'r str> {
+    sticky: &'r StickyConfig,
+) -> Vec<SessionId<'r>> {
     let mut ids = Vec::new();
     for name in &sticky.cookies {
         for header in headers.get_all(COOKIE) {
             let Ok(text) = header.to_str() else { continue };
             for cookie in Cookie::split_parse(text).flatten() {
                 if cookie.name_raw() == Some(name.as_str()) {
-                    ids.extend(cookie.value_raw().filter(|v| !v.is_empty()));
+                    let value = cookie.value_raw().filter(|v| !v.is_empty());
+                    ids.extend(value.map(|value| SessionId {
+                        value,
+                        cookie: Some(name.as_str()),
+                    }));
                 }
             }
         }
     }
     if let Some(parameter) = &sticky.url_parameter {
-        ids.extend(path_parameter(path, parameter));
+        ids.extend(path_parameter(path, parameter).map(|value| SessionId {
+            value,
+            cookie: None,
+        }));
     }
     ids
+}
+
+/// Replaces the value `from` of cookie `name` with `to` in every Cookie header, leaving every
+/// other cookie as it was sent.
+pub fn rewrite_cookie(headers: &mut HeaderMap, name: &str, from: &str, to: &str) {
+    let before = format!("{name}={from}");
+    let http::header::Entry::Occupied(mut cookies) = headers.entry(COOKIE) else {
+        return;
+    };
+    for header in cookies.iter_mut() {
+        let Ok(text) = header.to_str() else { continue };
+        let pairs: Vec<String> = text
+            .split(';')
+            .map(|pair| {
+                if pair.trim() == before {
+                    let indent = &pair[..pair.len() - pair.trim_start().len()];
+                    format!("{indent}{name}={to}")
+                } else {
+                    pair.to_string()
+                }
+            })
+            .collect();
+        if let Ok(value) = http::HeaderValue::from_str(&pairs.join(";")) {
+            *header = value;
+        }
+    }
 }
 
 /// The value of `;name=value` in a path; it ends at the next `;`, `/` or the end of the path.
@@ -43,6 +85,12 @@ fn path_parameter<'p>(path: &'p str, name: &str) -> Option<&'p str> {
         }
     }
     None
+}
+
+/// The id without its route (the whole id when it has none): what identifies the session
+/// whichever backend it moves to.
+pub fn base_of(id: &str, separator: char) -> &str {
+    id.rsplit_once(separator).map_or(id, |(base, _)| base)
 }
 
 /// The route of a session id: the text after the last separator, if there is any.
@@ -62,6 +110,8 @@ mod tests {
             cookies: vec!["JSESSIONID".into()],
             url_parameter: Some("jsessionid".into()),
             separator: '.',
+            takeover_ttl: std::time::Duration::from_secs(60),
+            takeover_max: 10,
         }
     }
 
@@ -73,8 +123,12 @@ mod tests {
             HeaderValue::from_static("theme=dark; JSESSIONID=A1.tc1"),
         );
         headers.append(COOKIE, HeaderValue::from_static("JSESSIONID=B2.tc2"));
-        let ids = session_ids(&headers, "/app/cart;jsessionid=C3.tc3", &tomcat());
-        assert_eq!(ids, vec!["A1.tc1", "B2.tc2", "C3.tc3"]);
+        let sticky = tomcat();
+        let ids = session_ids(&headers, "/app/cart;jsessionid=C3.tc3", &sticky);
+        let values: Vec<&str> = ids.iter().map(|id| id.value).collect();
+        assert_eq!(values, vec!["A1.tc1", "B2.tc2", "C3.tc3"]);
+        assert_eq!(ids[0].cookie, Some("JSESSIONID"));
+        assert_eq!(ids[2].cookie, None);
     }
 
     #[test]
@@ -84,7 +138,12 @@ mod tests {
             COOKIE,
             HeaderValue::from_static(";JSESSIONID=a.n1; =x; JSESSIONID=; junk"),
         );
-        assert_eq!(session_ids(&headers, "/", &tomcat()), vec!["a.n1"]);
+        let sticky = tomcat();
+        let ids = session_ids(&headers, "/", &sticky);
+        assert_eq!(
+            ids.iter().map(|id| id.value).collect::<Vec<_>>(),
+            vec!["a.n1"]
+        );
     }
 
     #[test]
@@ -103,10 +162,23 @@ mod tests {
     }
 
     #[test]
+    fn rewriting_touches_only_the_named_cookie_with_that_value() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("theme=X.tc2; JSESSIONID=X.tc2;lang=en"),
+        );
+        rewrite_cookie(&mut headers, "JSESSIONID", "X.tc2", "X.tc1");
+        assert_eq!(headers[COOKIE], "theme=X.tc2; JSESSIONID=X.tc1;lang=en");
+    }
+
+    #[test]
     fn route_is_after_the_last_separator() {
         assert_eq!(route_of("8F3A.C1.tc1", '.'), Some("tc1"));
         assert_eq!(route_of("8F3A", '.'), None);
         assert_eq!(route_of("8F3A.", '.'), None);
         assert_eq!(route_of("8F3A:b-2", ':'), Some("b-2"));
+        assert_eq!(base_of("8F3A.C1.tc1", '.'), "8F3A.C1");
+        assert_eq!(base_of("8F3A", '.'), "8F3A");
     }
 }

@@ -187,6 +187,10 @@ pub struct StickyConfig {
     pub url_parameter: Option<String>,
     /// The route is the text after the last occurrence of this character.
     pub separator: char,
+    /// A route takeover unused for this long is forgotten (set it to the session idle timeout).
+    pub takeover_ttl: Duration,
+    /// Most route takeovers remembered; the oldest go first.
+    pub takeover_max: usize,
 }
 
 /// How a pool picks a backend for a request.
@@ -943,6 +947,8 @@ impl Checker<'_> {
             cookies: None,
             url_parameter: None,
             separator: None,
+            takeover_ttl: None,
+            takeover_max: None,
         });
         match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
             None | Some("route") => {}
@@ -1004,10 +1010,23 @@ impl Checker<'_> {
                 }
             }
         };
+        let takeover_ttl = self.duration(
+            raw.takeover_ttl,
+            &format!("{prefix}.sticky.takeover_ttl"),
+            Duration::from_secs(30 * 60),
+        );
+        let takeover_max = self.count(
+            raw.takeover_max,
+            &format!("{prefix}.sticky.takeover_max"),
+            1..10_000_001,
+            100_000,
+        ) as usize;
         Some(StickyConfig {
             cookies,
             url_parameter,
             separator,
+            takeover_ttl,
+            takeover_max,
         })
     }
 

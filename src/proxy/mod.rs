@@ -12,16 +12,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 
+use crate::config::StickyConfig;
 use crate::error::ProxyError;
-use crate::pool::{Backend, InFlight};
+use crate::pool::{Backend, InFlight, Pool, StickyTarget};
 use crate::routes::normalize_host;
 use crate::runtime::{Runtime, Snapshot};
 use crate::server::OpenRequest;
+use crate::takeover::Takeover;
 use crate::{retry, sticky};
 use body::{Completion, RequestBody, ResponseBody};
 
@@ -150,10 +152,28 @@ impl ProxyService {
         let pool = &snapshot.pools[pool_index];
         completion.pool = Some(Arc::clone(&pool.name));
         pool.retry_budget.deposit();
-        let sticky_index = pool.config.sticky.as_ref().and_then(|sticky| {
+        let sticky = pool.config.sticky.as_ref();
+        let target = sticky.and_then(|sticky| {
             let ids = sticky::session_ids(request.headers(), request.uri().path(), sticky);
-            pool.sticky_backend(&ids, sticky.separator)
+            pool.sticky_target(&ids, sticky.separator)
         });
+        let sticky_index = target
+            .as_ref()
+            .map(|t| t.owner)
+            .filter(|&i| pool.backends[i].takes_sticky_work());
+        if let Some(StickyTarget {
+            id,
+            cookie: Some(cookie),
+            backend_id: Some(backend_id),
+            ..
+        }) = &target
+        {
+            // After a takeover the client holds `<base>.<new route>`; the backends know the
+            // session by the id it had when it was replicated.
+            if id != backend_id {
+                sticky::rewrite_cookie(request.headers_mut(), cookie, id, backend_id);
+            }
+        }
         let client_upgrade = self.prepare(&mut request, host, snapshot);
         let retry = &pool.config.retry;
         // Only a request without a body can be sent again; keep what it takes to rebuild it.
@@ -197,6 +217,17 @@ impl ProxyService {
                         );
                     } else {
                         backend.record_success();
+                    }
+                    let mut response = response;
+                    if let Some(sticky) = sticky {
+                        settle_session(
+                            pool,
+                            sticky,
+                            target.as_ref(),
+                            index,
+                            &completion.path,
+                            &mut response,
+                        );
                     }
                     return relay(response, in_flight, client_upgrade, backend);
                 }
@@ -323,5 +354,87 @@ impl Replay {
         *request.headers_mut() = self.headers.clone();
         *request.version_mut() = Version::HTTP_11;
         request
+    }
+}
+
+/// Keeps a sticky session's route true after a response from backend `served`: learns how the
+/// backends shape their session cookies, follows a backend that renamed the session itself
+/// (JvmRouteBinderValve), records a takeover when the session moved, and sets the client's
+/// cookie to name the backend that now holds it.
+fn settle_session(
+    pool: &Pool,
+    sticky: &StickyConfig,
+    target: Option<&StickyTarget>,
+    served: usize,
+    request_path: &str,
+    response: &mut Response<Incoming>,
+) {
+    let mut renamed_by_backend = None;
+    for value in response.headers().get_all(SET_COOKIE) {
+        let Some(cookie) = value
+            .to_str()
+            .ok()
+            .and_then(|text| cookie::Cookie::parse(text).ok())
+        else {
+            continue;
+        };
+        if !sticky.cookies.iter().any(|name| name == cookie.name()) {
+            continue;
+        }
+        pool.cookie_templates.learn(&cookie);
+        if let Some(target) = target {
+            let same_cookie = target.cookie.as_deref() == Some(cookie.name());
+            if same_cookie && sticky::base_of(cookie.value(), sticky.separator) == target.base {
+                renamed_by_backend = Some(cookie.value().to_string());
+            }
+        }
+    }
+    let Some(target) = target else { return };
+    let served_route = &pool.backends[served].config.route;
+    if let Some(new_id) = renamed_by_backend {
+        // The backend set the session cookie itself (JvmRouteBinderValve renames a session it
+        // takes over): from now on the backends know the session by that id.
+        let moved = served != target.owner || target.backend_id.is_some();
+        if moved && sticky::route_of(&new_id, sticky.separator) == Some(served_route.as_str()) {
+            pool.takeovers.record(
+                &target.base,
+                Takeover {
+                    route: served_route.clone(),
+                    backend_id: new_id,
+                },
+            );
+        }
+        return;
+    }
+    if served != target.owner {
+        let backend_id = target
+            .backend_id
+            .clone()
+            .unwrap_or_else(|| target.id.clone());
+        pool.takeovers.record(
+            &target.base,
+            Takeover {
+                route: served_route.clone(),
+                backend_id,
+            },
+        );
+        tracing::info!(
+            pool = %pool.name,
+            from = %pool.backends[target.owner].config.route,
+            to = %served_route,
+            "session route taken over"
+        );
+    }
+    let Some(cookie_name) = &target.cookie else {
+        return;
+    };
+    let client_id = format!("{}{}{}", target.base, sticky.separator, served_route);
+    if target.id != client_id {
+        let cookie = pool
+            .cookie_templates
+            .cookie(cookie_name, &client_id, request_path);
+        if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
+            response.headers_mut().append(SET_COOKIE, value);
+        }
     }
 }

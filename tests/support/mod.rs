@@ -211,6 +211,33 @@ impl BackendState {
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 response
             }
+            // A Tomcat-like application under /app: login creates session `S1.<name>` with
+            // the cookie Tomcat would set; whoami tells which backend answered and which session
+            // id it received; rename re-issues the session under this backend's route, as
+            // JvmRouteBinderValve does.
+            "/app/login" => {
+                let mut response = text(&self.name);
+                let cookie = format!("JSESSIONID=S1.{}; Path=/app; HttpOnly", self.name);
+                response
+                    .headers_mut()
+                    .insert("set-cookie", cookie.parse().unwrap());
+                response
+            }
+            "/app/whoami" => text(&format!(
+                "{} {}",
+                self.name,
+                session_cookie(&request).unwrap_or("-")
+            )),
+            "/app/rename" => {
+                let received = session_cookie(&request).unwrap_or("S0.x");
+                let base = received.rsplit_once('.').map_or(received, |(base, _)| base);
+                let mut response = text(&self.name);
+                let cookie = format!("JSESSIONID={base}.{}; Path=/app; HttpOnly", self.name);
+                response
+                    .headers_mut()
+                    .insert("set-cookie", cookie.parse().unwrap());
+                response
+            }
             "/hop-by-hop" => {
                 let mut response = text("hop");
                 let headers = response.headers_mut();
@@ -229,6 +256,17 @@ impl BackendState {
             .insert("x-backend", self.name.parse().unwrap());
         response
     }
+}
+
+/// The JSESSIONID a request carries, if any.
+fn session_cookie(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("JSESSIONID="))
 }
 
 pub fn text(body: &str) -> Response<TestBody> {
@@ -507,6 +545,26 @@ impl Tandem {
                     self.stderr.all()
                 )
             })
+    }
+
+    /// Waits until the application log has `count` lines containing `pattern`.
+    pub fn wait_log_count(&self, pattern: &str, count: usize) {
+        let until = Instant::now() + DEADLINE;
+        let mut lines = self.stderr.lines.lock().unwrap();
+        while lines.iter().filter(|l| l.contains(pattern)).count() < count {
+            let now = Instant::now();
+            assert!(
+                now < until,
+                "tandem logged `{pattern}` fewer than {count} times:\n{}",
+                lines.join("\n")
+            );
+            lines = self
+                .stderr
+                .changed
+                .wait_timeout(lines, until - now)
+                .unwrap()
+                .0;
+        }
     }
 
     pub fn log_count(&self, pattern: &str) -> usize {
