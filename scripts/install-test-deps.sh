@@ -6,12 +6,23 @@ set -euo pipefail
 need_apt=()
 # A C compiler: mimalloc and a few other dependencies build C code.
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
+# tests/tomcat.rs: two real Tomcat 10 nodes, and javac for its test servlet.
+[ -f /usr/share/tomcat10/bin/bootstrap.jar ] || need_apt+=(tomcat10)
+command -v javac >/dev/null || need_apt+=(default-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tandem's tests need: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}" >&2
         exit 1
     fi
     apt-get update -q
+    # Install packages without starting their services (tomcat10 would start a system Tomcat);
+    # the tests start their own instances.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
 fi
 command -v cargo >/dev/null || {
