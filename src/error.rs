@@ -18,6 +18,14 @@ pub enum ProxyError {
         /// The pool's name.
         pool: String,
     },
+    /// The session's backend cannot serve it and `sticky.force` forbids moving it (503).
+    #[error(
+        "the session's backend in pool `{pool}` cannot serve it, and sticky.force keeps it there"
+    )]
+    SessionBackendUnavailable {
+        /// The pool's name.
+        pool: String,
+    },
     /// The request target is longer than `listen.max_uri_length` (414).
     #[error("request target of {length} bytes is over the {limit} byte limit")]
     UriTooLong {
@@ -48,7 +56,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoPool { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend { .. } | ProxyError::SessionBackendUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -60,7 +70,9 @@ impl ProxyError {
     pub fn public_body(&self) -> &'static str {
         match self {
             ProxyError::NoPool { .. } => "404 Not Found: no site is served at this address\n",
-            ProxyError::NoBackend { .. } => "503 Service Unavailable: no server is available\n",
+            ProxyError::NoBackend { .. } | ProxyError::SessionBackendUnavailable { .. } => {
+                "503 Service Unavailable: no server is available\n"
+            }
             ProxyError::UriTooLong { .. } => "414 URI Too Long\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::Connect(_) | ProxyError::Upstream(_) => {

@@ -288,21 +288,20 @@ impl Pool {
     }
 
     /// Picks a backend (an index into `backends`) for an attempt by `client`, other than those
-    /// in `exclude`; `None` when none is usable. When passive checks have ejected every usable
-    /// backend, they are tried anyway.
+    /// in `exclude`; `None` when none is usable. Primaries first, then backups; when passive
+    /// checks have ejected every one of them, they are tried anyway, in the same order.
     pub fn select(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
-        let candidates = Candidates {
-            backends: &self.backends,
-            exclude,
-            ignore_ejection: false,
-        };
-        self.balancer.select(&candidates, client).or_else(|| {
-            let anyway = Candidates {
-                ignore_ejection: true,
-                ..candidates
-            };
-            self.balancer.select(&anyway, client)
-        })
+        [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .find_map(|(ignore_ejection, backups)| {
+                let candidates = Candidates {
+                    backends: &self.backends,
+                    exclude,
+                    ignore_ejection,
+                    backups,
+                };
+                self.balancer.select(&candidates, client)
+            })
     }
 }
 

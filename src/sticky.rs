@@ -112,6 +112,7 @@ mod tests {
             separator: '.',
             takeover_ttl: std::time::Duration::from_secs(60),
             takeover_max: 10,
+            force: false,
         }
     }
 

@@ -138,3 +138,27 @@ async fn ip_hash_keeps_a_client_on_one_backend() {
         assert_eq!(get(&client, &tandem.url("/")).await.body, first);
     }
 }
+
+#[tokio::test]
+async fn a_backup_backend_serves_only_when_no_primary_can() {
+    let primary = Backend::start("primary").await;
+    let backup = Backend::start("backup").await;
+    let with_primary = |state: &str| {
+        config(&format!(
+            "[[pool]]\nname = \"web\"\n{}state = \"{state}\"\n{}backup = true\n",
+            primary.toml(),
+            backup.toml()
+        ))
+    };
+    let tandem = Tandem::start(&with_primary("active"));
+    let client = client();
+    for _ in 0..6 {
+        assert_eq!(get(&client, &tandem.url("/")).await.body, "primary");
+    }
+    tandem.rewrite_config(&with_primary("stopped"));
+    tandem.signal(nix::sys::signal::Signal::SIGHUP);
+    tandem.wait_log("config reloaded");
+    for _ in 0..6 {
+        assert_eq!(get(&client, &tandem.url("/")).await.body, "backup");
+    }
+}

@@ -181,3 +181,25 @@ async fn sticky_off_ignores_session_ids() {
         "{answers:?}"
     );
 }
+
+#[tokio::test]
+async fn sticky_force_answers_503_rather_than_moving_a_session() {
+    let (backends, tandem) = sticky_pool(
+        "[pool.sticky]\nforce = true\n",
+        ["active", "stopped", "active"],
+    )
+    .await;
+    let client = client();
+    let answer = get_with(&client, &tandem.url("/"), &[("cookie", "JSESSIONID=S.b")]).await;
+    assert_eq!(answer.status, 503);
+    tandem.wait_log("sticky.force keeps it there");
+    // Requests without a session, or whose backend is fine, are served as usual.
+    assert_ne!(get(&client, &tandem.url("/")).await.body, "b");
+    assert_eq!(
+        get_with(&client, &tandem.url("/"), &[("cookie", "JSESSIONID=S.c")])
+            .await
+            .body,
+        "c"
+    );
+    assert_eq!(backends[1].count(), 0);
+}

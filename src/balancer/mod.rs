@@ -24,13 +24,17 @@ pub struct Candidates<'a> {
     /// Set when every backend is ejected by passive checks: then they are tried anyway, as
     /// nginx does, rather than failing everything.
     pub ignore_ejection: bool,
+    /// Whether this pick is among the backup backends (only when no primary is usable).
+    pub backups: bool,
 }
 
 impl Candidates<'_> {
-    /// Whether backend `i` may get this attempt: not tried yet, active and up, and not ejected.
+    /// Whether backend `i` may get this attempt: of the kind asked for (primary or backup), not
+    /// tried yet, active and up, and not ejected.
     pub fn usable(&self, i: usize) -> bool {
         let backend = &self.backends[i];
-        !self.exclude.contains(&i)
+        backend.config.backup == self.backups
+            && !self.exclude.contains(&i)
             && backend.takes_new_work()
             && (self.ignore_ejection || !backend.is_ejected())
     }
@@ -86,6 +90,7 @@ pub(crate) mod test_support {
             backends,
             exclude: &[],
             ignore_ejection: false,
+            backups: false,
         }
     }
 
@@ -101,6 +106,7 @@ pub(crate) mod test_support {
                         route: format!("b{i}"),
                         weight,
                         state: BackendState::Active,
+                        backup: false,
                     },
                     authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                     live: Arc::new(BackendLive::default()),

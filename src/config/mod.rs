@@ -191,6 +191,9 @@ pub struct StickyConfig {
     pub takeover_ttl: Duration,
     /// Most route takeovers remembered; the oldest go first.
     pub takeover_max: usize,
+    /// Answer 503 rather than move a session whose backend cannot serve it (for backends that
+    /// cannot take sessions over).
+    pub force: bool,
 }
 
 /// How a pool picks a backend for a request.
@@ -229,6 +232,9 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Whether it takes new work.
     pub state: BackendState,
+    /// A backup backend gets requests only when no primary backend of its pool can take them
+    /// (pen's emergency server, HAProxy's `backup`).
+    pub backup: bool,
 }
 
 /// Whether a backend takes new work (mod_jk's activation).
@@ -949,6 +955,7 @@ impl Checker<'_> {
             separator: None,
             takeover_ttl: None,
             takeover_max: None,
+            force: None,
         });
         match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
             None | Some("route") => {}
@@ -1027,6 +1034,7 @@ impl Checker<'_> {
             separator,
             takeover_ttl,
             takeover_max,
+            force: raw.force.unwrap_or(false),
         })
     }
 
@@ -1098,6 +1106,7 @@ impl Checker<'_> {
             route,
             weight,
             state,
+            backup: raw.backup.unwrap_or(false),
         }
     }
 }

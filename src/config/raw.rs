@@ -116,6 +116,7 @@ pub struct RawSticky {
     pub separator: Option<Spanned<String>>,
     pub takeover_ttl: Option<Spanned<String>>,
     pub takeover_max: Option<Spanned<i64>>,
+    pub force: Option<bool>,
 }
 
 /// One `[[pool.backend]]`.
@@ -126,6 +127,7 @@ pub struct RawBackend {
     pub route: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     pub state: Option<Spanned<String>>,
+    pub backup: Option<bool>,
 }
 
 /// A size: a plain number of bytes, or text with a unit ("64KiB").

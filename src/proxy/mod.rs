@@ -161,6 +161,13 @@ impl ProxyService {
             .as_ref()
             .map(|t| t.owner)
             .filter(|&i| pool.backends[i].takes_sticky_work());
+        // With sticky.force a session never moves: no failover, no retry elsewhere.
+        let forced = target.is_some() && sticky.is_some_and(|sticky| sticky.force);
+        if forced && sticky_index.is_none() {
+            return Err(ProxyError::SessionBackendUnavailable {
+                pool: pool.name.to_string(),
+            });
+        }
         if let Some(StickyTarget {
             id,
             cookie: Some(cookie),
@@ -235,6 +242,7 @@ impl ProxyService {
                     backend.record_failure(&pool.config.passive, &pool.name, &error.to_string());
                     tried.push(index);
                     let next = if replay.is_some()
+                        && !forced
                         && completion.attempts < retry.attempts
                         && retry::may_retry(&error, &completion.method, retry)
                     {
