@@ -291,6 +291,33 @@ impl Pool {
     /// in `exclude`; `None` when none is usable. Primaries first, then backups; when passive
     /// checks have ejected every one of them, they are tried anyway, in the same order.
     pub fn select(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
+        self.select_in(None, client, exclude)
+    }
+
+    /// Where a session of backend `owner` goes when `owner` cannot serve it, in mod_jk's
+    /// order: its `redirect`, else a backend of its `domain`, else any backend.
+    pub fn failover(&self, owner: usize, client: IpAddr, exclude: &[usize]) -> Option<usize> {
+        let config = &self.backends[owner].config;
+        let redirect = config
+            .redirect
+            .as_ref()
+            .and_then(|route| self.by_route.get(route).copied());
+        let usable_redirect = redirect.filter(|&i| {
+            let backend = &self.backends[i];
+            !exclude.contains(&i) && backend.takes_new_work() && !backend.is_ejected()
+        });
+        usable_redirect
+            .or_else(|| {
+                config
+                    .domain
+                    .as_deref()
+                    .and_then(|domain| self.select_in(Some(domain), client, exclude))
+            })
+            .or_else(|| self.select(client, exclude))
+    }
+
+    /// `select`, limited to `domain` when one is given.
+    fn select_in(&self, domain: Option<&str>, client: IpAddr, exclude: &[usize]) -> Option<usize> {
         [(false, false), (false, true), (true, false), (true, true)]
             .into_iter()
             .find_map(|(ignore_ejection, backups)| {
@@ -299,6 +326,7 @@ impl Pool {
                     exclude,
                     ignore_ejection,
                     backups,
+                    domain,
                 };
                 self.balancer.select(&candidates, client)
             })

@@ -233,3 +233,36 @@ address = "127.0.0.1:9001"
         );
     }
 }
+
+#[test]
+fn redirect_must_name_another_backend_of_the_pool() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080"]
+
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+route = "a"
+redirect = "a"
+[[pool.backend]]
+address = "127.0.0.1:9002"
+route = "b"
+redirect = "nowhere"
+domain = "not a name"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    for (location, key) in [
+        ("bad.toml:9:", "pool[0].backend[0].redirect"),
+        ("bad.toml:13:", "pool[0].backend[1].redirect"),
+        ("bad.toml:14:", "pool[0].backend[1].domain"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.contains(location) && line.contains(key)),
+            "no error at {location} for {key} in:\n{stderr}"
+        );
+    }
+}

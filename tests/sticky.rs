@@ -203,3 +203,50 @@ async fn sticky_force_answers_503_rather_than_moving_a_session() {
     );
     assert_eq!(backends[1].count(), 0);
 }
+
+#[tokio::test]
+async fn failover_prefers_the_redirect_then_the_domain_then_any_backend() {
+    let [a, b, c] = three_backends().await;
+    let d = Backend::start("d").await;
+    // a and b share domain x (a redirects to c); c and d share domain y.
+    let pool_with = |a_state: &str, b_state: &str| {
+        config(&format!(
+            "[[pool]]\nname = \"web\"\n{}domain = \"x\"\nredirect = \"c\"\nstate = \"{a_state}\"\n\
+             {}domain = \"x\"\nstate = \"{b_state}\"\n{}domain = \"y\"\n{}domain = \"y\"\n",
+            a.toml(),
+            b.toml(),
+            c.toml(),
+            d.toml()
+        ))
+    };
+    let client = client();
+    let sessions_of = |route: &'static str| (0..4).map(move |i| format!("JSESSIONID=S{i}.{route}"));
+
+    let tandem = Tandem::start(&pool_with("stopped", "active"));
+    for cookie in sessions_of("a") {
+        let answer = get_with(&client, &tandem.url("/"), &[("cookie", &cookie)]).await;
+        assert_eq!(answer.body, "c", "{cookie}: the redirect comes first");
+    }
+    drop(tandem);
+
+    let tandem = Tandem::start(&pool_with("active", "stopped"));
+    for cookie in sessions_of("b") {
+        let answer = get_with(&client, &tandem.url("/"), &[("cookie", &cookie)]).await;
+        assert_eq!(answer.body, "a", "{cookie}: then the same domain");
+    }
+    drop(tandem);
+
+    let tandem = Tandem::start(&pool_with("stopped", "stopped"));
+    let mut answers = Vec::new();
+    for cookie in sessions_of("b") {
+        answers.push(
+            get_with(&client, &tandem.url("/"), &[("cookie", &cookie)])
+                .await
+                .body,
+        );
+    }
+    assert!(
+        answers.iter().all(|body| body == "c" || body == "d"),
+        "then any backend: {answers:?}"
+    );
+}

@@ -26,14 +26,19 @@ pub struct Candidates<'a> {
     pub ignore_ejection: bool,
     /// Whether this pick is among the backup backends (only when no primary is usable).
     pub backups: bool,
+    /// Only backends of this domain, when set (a session failing over within its domain).
+    pub domain: Option<&'a str>,
 }
 
 impl Candidates<'_> {
-    /// Whether backend `i` may get this attempt: of the kind asked for (primary or backup), not
-    /// tried yet, active and up, and not ejected.
+    /// Whether backend `i` may get this attempt: of the kind (primary or backup) and domain
+    /// asked for, not tried yet, active and up, and not ejected.
     pub fn usable(&self, i: usize) -> bool {
         let backend = &self.backends[i];
         backend.config.backup == self.backups
+            && self
+                .domain
+                .is_none_or(|domain| backend.config.domain.as_deref() == Some(domain))
             && !self.exclude.contains(&i)
             && backend.takes_new_work()
             && (self.ignore_ejection || !backend.is_ejected())
@@ -91,6 +96,7 @@ pub(crate) mod test_support {
             exclude: &[],
             ignore_ejection: false,
             backups: false,
+            domain: None,
         }
     }
 
@@ -107,6 +113,8 @@ pub(crate) mod test_support {
                         weight,
                         state: BackendState::Active,
                         backup: false,
+                        domain: None,
+                        redirect: None,
                     },
                     authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                     live: Arc::new(BackendLive::default()),

@@ -235,6 +235,11 @@ pub struct BackendConfig {
     /// A backup backend gets requests only when no primary backend of its pool can take them
     /// (pen's emergency server, HAProxy's `backup`).
     pub backup: bool,
+    /// A group of backends that share sessions (mod_jk's `domain`): a session failing over
+    /// prefers a backend of its own domain.
+    pub domain: Option<String>,
+    /// The route a session of this backend fails over to first (mod_jk's `redirect`).
+    pub redirect: Option<String>,
 }
 
 /// Whether a backend takes new work (mod_jk's activation).
@@ -716,6 +721,7 @@ impl Checker<'_> {
             );
         }
         let mut backends: Vec<BackendConfig> = Vec::new();
+        let mut redirect_spans = Vec::new();
         for (i, raw_backend) in raw.backend.into_iter().enumerate() {
             let key = format!("{prefix}.backend[{i}]");
             let address_span = raw_backend.address.span();
@@ -723,6 +729,7 @@ impl Checker<'_> {
                 .route
                 .as_ref()
                 .map_or_else(|| address_span.clone(), Spanned::span);
+            redirect_spans.push(raw_backend.redirect.as_ref().map(Spanned::span));
             let backend = self.backend(&key, raw_backend);
             if backends.iter().any(|b| b.address == backend.address) {
                 let message = format!(
@@ -735,6 +742,21 @@ impl Checker<'_> {
                 self.error(Some(route_span), format!("{key}.route"), message);
             }
             backends.push(backend);
+        }
+        for (i, backend) in backends.iter().enumerate() {
+            let Some(redirect) = &backend.redirect else {
+                continue;
+            };
+            if redirect == &backend.route || !backends.iter().any(|b| &b.route == redirect) {
+                let message = format!(
+                    "redirect `{redirect}` does not name another backend's route in pool `{name}`"
+                );
+                self.error(
+                    redirect_spans[i].clone(),
+                    format!("{prefix}.backend[{i}].redirect"),
+                    message,
+                );
+            }
         }
         PoolConfig {
             name,
@@ -1101,12 +1123,33 @@ impl Checker<'_> {
                 BackendState::Active
             }
         };
+        let mut checked_name = |value: Option<Spanned<String>>, key: &str| {
+            let value = value?;
+            let text = value.get_ref();
+            let valid = !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if valid {
+                Some(value.into_inner())
+            } else {
+                let message =
+                    format!("`{text}` is not a name: use 1 to 64 letters, digits, `-` or `_`");
+                self.error(Some(value.span()), format!("{prefix}.{key}"), message);
+                None
+            }
+        };
+        let domain = checked_name(raw.domain, "domain");
+        let redirect = checked_name(raw.redirect, "redirect");
         BackendConfig {
             address,
             route,
             weight,
             state,
             backup: raw.backup.unwrap_or(false),
+            domain,
+            redirect,
         }
     }
 }

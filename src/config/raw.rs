@@ -128,6 +128,8 @@ pub struct RawBackend {
     pub weight: Option<Spanned<i64>>,
     pub state: Option<Spanned<String>>,
     pub backup: Option<bool>,
+    pub domain: Option<Spanned<String>>,
+    pub redirect: Option<Spanned<String>>,
 }
 
 /// A size: a plain number of bytes, or text with a unit ("64KiB").

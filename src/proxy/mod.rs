@@ -189,13 +189,19 @@ impl ProxyService {
                 .then(|| Replay::of(&request));
         let mut first = Some(request.map(|body| RequestBody::Client { body }));
         let mut tried: Vec<usize> = Vec::new();
+        // A session whose owner cannot serve it fails over in mod_jk's order.
+        let owner = target.as_ref().map(|t| t.owner);
+        let choose = |tried: &[usize]| match owner {
+            Some(owner) if tried.is_empty() || tried.contains(&owner) => {
+                pool.failover(owner, self.client.ip(), tried)
+            }
+            _ => pool.select(self.client.ip(), tried),
+        };
         let mut index = match sticky_index {
             Some(index) => index,
-            None => pool
-                .select(self.client.ip(), &tried)
-                .ok_or_else(|| ProxyError::NoBackend {
-                    pool: pool.name.to_string(),
-                })?,
+            None => choose(&tried).ok_or_else(|| ProxyError::NoBackend {
+                pool: pool.name.to_string(),
+            })?,
         };
         loop {
             let backend = &pool.backends[index];
@@ -246,7 +252,7 @@ impl ProxyService {
                         && completion.attempts < retry.attempts
                         && retry::may_retry(&error, &completion.method, retry)
                     {
-                        pool.select(self.client.ip(), &tried)
+                        choose(&tried)
                     } else {
                         None
                     };
