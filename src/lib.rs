@@ -6,7 +6,7 @@
 //! - [`proxy`]: the per-request pipeline, header hygiene, the upstream client, upgrades.
 //! - [`routes`]: Host/path → pool.
 //! - [`sticky`]: session ids in cookies and URLs, and the route they end in.
-//! - [`takeover`]: sessions whose route moved to another backend, and session cookie shapes.
+//! - [`placement`]: where sessions live when their id does not say (takeovers, learned ids), and session cookie shapes.
 //! - [`balancer`]: which backend of a pool gets a request; one file per method.
 //! - [`health`]: active health checks that mark backends up and down.
 //! - [`pool`]: pools and backends as the request path sees them, with live counters.
@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod logging;
+pub mod placement;
 pub mod pool;
 pub mod proxy;
 pub mod retry;
@@ -29,4 +30,3 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod sticky;
-pub mod takeover;

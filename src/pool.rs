@@ -12,11 +12,13 @@ use http::uri::Authority;
 
 use crate::balancer::Candidates;
 use crate::balancer::{self, Select};
-use crate::config::{BackendConfig, BackendState, PassiveConfig, PoolConfig};
+use crate::config::{
+    BackendConfig, BackendState, PassiveConfig, PoolConfig, StickyConfig, StickyMode,
+};
+use crate::placement::{CookieTemplates, StickyTable};
 use crate::proxy::upstream::Upstream;
 use crate::retry::RetryBudget;
 use crate::sticky::{self, SessionId};
-use crate::takeover::{CookieTemplates, TakeoverTable};
 
 /// One backend of one pool.
 #[derive(Debug)]
@@ -181,7 +183,7 @@ pub struct Pool {
     /// Tokens for retries, filled by each request.
     pub retry_budget: RetryBudget,
     /// Sessions whose route was taken over; kept across reloads.
-    pub takeovers: Arc<TakeoverTable>,
+    pub sticky_table: Arc<StickyTable>,
     /// How the backends set their session cookies; kept across reloads.
     pub cookie_templates: Arc<CookieTemplates>,
     /// The keep-alive client for this pool's backends; shared with the previous snapshot when
@@ -230,23 +232,23 @@ impl Pool {
             .enumerate()
             .map(|(i, b)| (b.config.route.clone(), i))
             .collect();
-        // Kept across reloads; a changed takeover_ttl or takeover_max applies after a restart.
-        let takeovers = previous
-            .map(|p| Arc::clone(&p.takeovers))
+        // Kept across reloads; a changed table_ttl or table_max applies after a restart.
+        let sticky_table = previous
+            .map(|p| Arc::clone(&p.sticky_table))
             .unwrap_or_else(|| {
                 let (ttl, max) = config
                     .sticky
                     .as_ref()
                     .map_or((std::time::Duration::from_secs(1800), 1), |s| {
-                        (s.takeover_ttl, s.takeover_max)
+                        (s.table_ttl, s.table_max)
                     });
-                Arc::new(TakeoverTable::new(ttl, max))
+                Arc::new(StickyTable::new(ttl, max))
             });
         let cookie_templates = previous
             .map(|p| Arc::clone(&p.cookie_templates))
             .unwrap_or_default();
         Pool {
-            takeovers,
+            sticky_table,
             cookie_templates,
             retry_budget: RetryBudget::new(config.retry.budget),
             name: Arc::from(config.name.as_str()),
@@ -259,28 +261,36 @@ impl Pool {
     }
 
     /// The session a request belongs to and the backend that owns it: for the first of `ids`
-    /// whose session was taken over, or whose route names a backend of this pool, whether or not
-    /// that backend can serve it now (the caller fails over and takes the route over).
-    pub fn sticky_target(&self, ids: &[SessionId<'_>], separator: char) -> Option<StickyTarget> {
+    /// whose session is in the sticky table (taken over, or learned), or in `route` mode whose
+    /// route names a backend of this pool, whether or not that backend can serve it now (the
+    /// caller fails over and records the move).
+    pub fn sticky_target(
+        &self,
+        ids: &[SessionId<'_>],
+        sticky: &StickyConfig,
+    ) -> Option<StickyTarget> {
         ids.iter().find_map(|id| {
-            let base = sticky::base_of(id.value, separator);
-            let taken_over = self.takeovers.get(base).and_then(|takeover| {
+            let key = sticky::session_key(id.value, sticky);
+            let placed = self.sticky_table.get(key).and_then(|placement| {
                 Some((
-                    *self.by_route.get(&takeover.route)?,
-                    Some(takeover.backend_id),
+                    *self.by_route.get(&placement.route)?,
+                    Some(placement.backend_id),
                 ))
             });
-            let by_route = || {
-                Some((
-                    *self.by_route.get(sticky::route_of(id.value, separator)?)?,
+            let by_route = || match sticky.mode {
+                StickyMode::Route => Some((
+                    *self
+                        .by_route
+                        .get(sticky::route_of(id.value, sticky.separator)?)?,
                     None,
-                ))
+                )),
+                StickyMode::Learn => None,
             };
-            let (owner, backend_id) = taken_over.or_else(by_route)?;
+            let (owner, backend_id) = placed.or_else(by_route)?;
             Some(StickyTarget {
                 id: id.value.to_string(),
                 cookie: id.cookie.map(str::to_string),
-                base: base.to_string(),
+                key: key.to_string(),
                 owner,
                 backend_id,
             })
@@ -346,8 +356,8 @@ pub struct StickyTarget {
     pub id: String,
     /// The cookie it came in; `None` when it came in the URL.
     pub cookie: Option<String>,
-    /// The id without its route: the session, whichever backend holds it.
-    pub base: String,
+    /// The session's key in the sticky table (see `sticky::session_key`).
+    pub key: String,
     /// Index of the backend that owns the session (by takeover, else by route).
     pub owner: usize,
     /// The id the backends know the session by, when a takeover recorded one.

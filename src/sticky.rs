@@ -6,7 +6,7 @@
 use cookie::Cookie;
 use http::header::{HeaderMap, COOKIE};
 
-use crate::config::StickyConfig;
+use crate::config::{StickyConfig, StickyMode};
 
 /// A session id found in a request, and where: the cookie it came in, or the URL (`None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +87,16 @@ fn path_parameter<'p>(path: &'p str, name: &str) -> Option<&'p str> {
     None
 }
 
-/// The id without its route (the whole id when it has none): what identifies the session
-/// whichever backend it moves to.
+/// What identifies a session whichever backend it moves to: in `route` mode the id without its
+/// route, in `learn` mode the whole id.
+pub fn session_key<'a>(id: &'a str, sticky: &StickyConfig) -> &'a str {
+    match sticky.mode {
+        StickyMode::Route => base_of(id, sticky.separator),
+        StickyMode::Learn => id,
+    }
+}
+
+/// The id without its route (the whole id when it has none).
 pub fn base_of(id: &str, separator: char) -> &str {
     id.rsplit_once(separator).map_or(id, |(base, _)| base)
 }
@@ -107,11 +115,12 @@ mod tests {
 
     fn tomcat() -> StickyConfig {
         StickyConfig {
+            mode: StickyMode::Route,
             cookies: vec!["JSESSIONID".into()],
             url_parameter: Some("jsessionid".into()),
             separator: '.',
-            takeover_ttl: std::time::Duration::from_secs(60),
-            takeover_max: 10,
+            table_ttl: std::time::Duration::from_secs(60),
+            table_max: 10,
             force: false,
         }
     }

@@ -250,3 +250,56 @@ async fn failover_prefers_the_redirect_then_the_domain_then_any_backend() {
         "then any backend: {answers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learn_mode_sticks_ids_that_name_no_backend() {
+    let learn = "[pool.sticky]\nmode = \"learn\"\ncookies = [\"PHPSESSID\"]\n";
+    let (backends, tandem) = sticky_pool(learn, ACTIVE).await;
+    let client = client();
+    let login = get(&client, &tandem.url("/learn/login")).await;
+    let owner = login.body.clone();
+    let cookie = format!("PHPSESSID=P-{owner}");
+    for _ in 0..10 {
+        assert_eq!(
+            get_with(&client, &tandem.url("/"), &[("cookie", &cookie)])
+                .await
+                .body,
+            owner
+        );
+    }
+    // An id nobody set is balanced.
+    let mut unknown = Vec::new();
+    for _ in 0..3 {
+        unknown.push(
+            get_with(&client, &tandem.url("/"), &[("cookie", "PHPSESSID=nobody")])
+                .await
+                .body,
+        );
+    }
+    assert_eq!(
+        tally(unknown.iter().map(String::as_str)).len(),
+        3,
+        "{unknown:?}"
+    );
+
+    // The owner dies: the session moves to another backend and stays there; the client's
+    // cookie needs no change, so tandem sets none.
+    backends
+        .iter()
+        .find(|b| b.name == owner)
+        .unwrap()
+        .kill()
+        .await;
+    let moved = get_with(&client, &tandem.url("/"), &[("cookie", &cookie)]).await;
+    assert_eq!(moved.status, 200);
+    assert_ne!(moved.body, owner);
+    assert!(moved.headers.get("set-cookie").is_none());
+    for _ in 0..5 {
+        assert_eq!(
+            get_with(&client, &tandem.url("/"), &[("cookie", &cookie)])
+                .await
+                .body,
+            moved.body
+        );
+    }
+}

@@ -177,10 +177,22 @@ pub struct HealthConfig {
     pub start_up: bool,
 }
 
+/// How a session id names its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyMode {
+    /// The id ends in its backend's route (Tomcat's `<id>.<jvmRoute>`).
+    Route,
+    /// The id carries no route (PHPSESSID and the like): tandem learns id → backend from the
+    /// backends' Set-Cookie, as HAProxy's stick-store-response and nginx's sticky learn do.
+    Learn,
+}
+
 /// Where a request's session id is read from, and how its route is cut from it (`route` mode:
 /// the id ends in `<separator><route>`, as Tomcat's `<id>.<jvmRoute>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StickyConfig {
+    /// How a session id names its backend.
+    pub mode: StickyMode,
     /// Cookie names holding a session id, most trusted first.
     pub cookies: Vec<String>,
     /// The path parameter holding a session id (`;jsessionid=...`), matched case-sensitively.
@@ -188,9 +200,9 @@ pub struct StickyConfig {
     /// The route is the text after the last occurrence of this character.
     pub separator: char,
     /// A route takeover unused for this long is forgotten (set it to the session idle timeout).
-    pub takeover_ttl: Duration,
+    pub table_ttl: Duration,
     /// Most route takeovers remembered; the oldest go first.
-    pub takeover_max: usize,
+    pub table_max: usize,
     /// Answer 503 rather than move a session whose backend cannot serve it (for backends that
     /// cannot take sessions over).
     pub force: bool,
@@ -975,19 +987,22 @@ impl Checker<'_> {
             cookies: None,
             url_parameter: None,
             separator: None,
-            takeover_ttl: None,
-            takeover_max: None,
+            table_ttl: None,
+            table_max: None,
             force: None,
         });
-        match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
-            None | Some("route") => {}
+        let mode = match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
+            None | Some("route") => StickyMode::Route,
+            Some("learn") => StickyMode::Learn,
             Some("off") => return None,
             Some(other) => {
                 let span = raw.mode.as_ref().map(Spanned::span);
-                let message = format!("unknown sticky mode `{other}`; expected route or off");
+                let message =
+                    format!("unknown sticky mode `{other}`; expected route, learn or off");
                 self.error(span, format!("{prefix}.sticky.mode"), message);
+                StickyMode::Route
             }
-        }
+        };
         let mut cookies = Vec::new();
         for (i, name) in raw.cookies.into_iter().flatten().enumerate() {
             if is_token(name.get_ref()) {
@@ -1039,23 +1054,24 @@ impl Checker<'_> {
                 }
             }
         };
-        let takeover_ttl = self.duration(
-            raw.takeover_ttl,
-            &format!("{prefix}.sticky.takeover_ttl"),
+        let table_ttl = self.duration(
+            raw.table_ttl,
+            &format!("{prefix}.sticky.table_ttl"),
             Duration::from_secs(30 * 60),
         );
-        let takeover_max = self.count(
-            raw.takeover_max,
-            &format!("{prefix}.sticky.takeover_max"),
+        let table_max = self.count(
+            raw.table_max,
+            &format!("{prefix}.sticky.table_max"),
             1..10_000_001,
             100_000,
         ) as usize;
         Some(StickyConfig {
+            mode,
             cookies,
             url_parameter,
             separator,
-            takeover_ttl,
-            takeover_max,
+            table_ttl,
+            table_max,
             force: raw.force.unwrap_or(false),
         })
     }

@@ -114,8 +114,8 @@ pub struct RawSticky {
     pub cookies: Option<Vec<Spanned<String>>>,
     pub url_parameter: Option<Spanned<String>>,
     pub separator: Option<Spanned<String>>,
-    pub takeover_ttl: Option<Spanned<String>>,
-    pub takeover_max: Option<Spanned<i64>>,
+    pub table_ttl: Option<Spanned<String>>,
+    pub table_max: Option<Spanned<i64>>,
     pub force: Option<bool>,
 }
 

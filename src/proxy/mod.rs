@@ -17,13 +17,13 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 
-use crate::config::StickyConfig;
+use crate::config::{StickyConfig, StickyMode};
 use crate::error::ProxyError;
+use crate::placement::Placement;
 use crate::pool::{Backend, InFlight, Pool, StickyTarget};
 use crate::routes::normalize_host;
 use crate::runtime::{Runtime, Snapshot};
 use crate::server::OpenRequest;
-use crate::takeover::Takeover;
 use crate::{retry, sticky};
 use body::{Completion, RequestBody, ResponseBody};
 
@@ -155,7 +155,7 @@ impl ProxyService {
         let sticky = pool.config.sticky.as_ref();
         let target = sticky.and_then(|sticky| {
             let ids = sticky::session_ids(request.headers(), request.uri().path(), sticky);
-            pool.sticky_target(&ids, sticky.separator)
+            pool.sticky_target(&ids, sticky)
         });
         let sticky_index = target
             .as_ref()
@@ -371,10 +371,12 @@ impl Replay {
     }
 }
 
-/// Keeps a sticky session's route true after a response from backend `served`: learns how the
-/// backends shape their session cookies, follows a backend that renamed the session itself
-/// (JvmRouteBinderValve), records a takeover when the session moved, and sets the client's
-/// cookie to name the backend that now holds it.
+/// Keeps a sticky session's placement true after a response from backend `served`. In `learn`
+/// mode, every session id the backend sets is learned as living there. In `route` mode, the
+/// shape of the backends' session cookies is learned, and a backend that renamed the session
+/// itself (JvmRouteBinderValve) is followed. In both, a session that landed on a backend other
+/// than its owner is recorded as moved; in `route` mode the client's cookie is then rewritten
+/// to name the backend that holds it.
 fn settle_session(
     pool: &Pool,
     sticky: &StickyConfig,
@@ -383,6 +385,8 @@ fn settle_session(
     request_path: &str,
     response: &mut Response<Incoming>,
 ) {
+    let served_route = &pool.backends[served].config.route;
+    let learn = sticky.mode == StickyMode::Learn;
     let mut renamed_by_backend = None;
     for value in response.headers().get_all(SET_COOKIE) {
         let Some(cookie) = value
@@ -392,27 +396,34 @@ fn settle_session(
         else {
             continue;
         };
-        if !sticky.cookies.iter().any(|name| name == cookie.name()) {
+        if !sticky.cookies.iter().any(|name| name == cookie.name()) || cookie.value().is_empty() {
+            continue;
+        }
+        if learn {
+            let placement = Placement {
+                route: served_route.clone(),
+                backend_id: cookie.value().to_string(),
+            };
+            pool.sticky_table.record(cookie.value(), placement);
             continue;
         }
         pool.cookie_templates.learn(&cookie);
         if let Some(target) = target {
             let same_cookie = target.cookie.as_deref() == Some(cookie.name());
-            if same_cookie && sticky::base_of(cookie.value(), sticky.separator) == target.base {
+            if same_cookie && sticky::session_key(cookie.value(), sticky) == target.key {
                 renamed_by_backend = Some(cookie.value().to_string());
             }
         }
     }
     let Some(target) = target else { return };
-    let served_route = &pool.backends[served].config.route;
     if let Some(new_id) = renamed_by_backend {
         // The backend set the session cookie itself (JvmRouteBinderValve renames a session it
         // takes over): from now on the backends know the session by that id.
         let moved = served != target.owner || target.backend_id.is_some();
         if moved && sticky::route_of(&new_id, sticky.separator) == Some(served_route.as_str()) {
-            pool.takeovers.record(
-                &target.base,
-                Takeover {
+            pool.sticky_table.record(
+                &target.key,
+                Placement {
                     route: served_route.clone(),
                     backend_id: new_id,
                 },
@@ -425,9 +436,9 @@ fn settle_session(
             .backend_id
             .clone()
             .unwrap_or_else(|| target.id.clone());
-        pool.takeovers.record(
-            &target.base,
-            Takeover {
+        pool.sticky_table.record(
+            &target.key,
+            Placement {
                 route: served_route.clone(),
                 backend_id,
             },
@@ -439,10 +450,11 @@ fn settle_session(
             "session route taken over"
         );
     }
-    let Some(cookie_name) = &target.cookie else {
+    // In learn mode ids carry no route: the client's cookie is right wherever the session is.
+    let Some(cookie_name) = target.cookie.as_ref().filter(|_| !learn) else {
         return;
     };
-    let client_id = format!("{}{}{}", target.base, sticky.separator, served_route);
+    let client_id = format!("{}{}{}", target.key, sticky.separator, served_route);
     if target.id != client_id {
         let cookie = pool
             .cookie_templates

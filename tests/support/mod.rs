@@ -223,6 +223,15 @@ impl BackendState {
                     .insert("set-cookie", cookie.parse().unwrap());
                 response
             }
+            // A PHP-like application: its session id names no backend.
+            "/learn/login" => {
+                let mut response = text(&self.name);
+                let cookie = format!("PHPSESSID=P-{}; Path=/", self.name);
+                response
+                    .headers_mut()
+                    .insert("set-cookie", cookie.parse().unwrap());
+                response
+            }
             "/app/whoami" => text(&format!(
                 "{} {}",
                 self.name,

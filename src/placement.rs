@@ -1,7 +1,9 @@
-//! Route takeovers: when a session's backend cannot serve it, the session moves to another
-//! backend for good, as Tomcat's JvmRouteBinderValve has it. [`TakeoverTable`] remembers, per
-//! session, where it went and the id under which the backends know it; it is the one piece of
-//! sticky state that peers will replicate, so it stays behind this small interface.
+//! Where sessions live when their id does not say. [`StickyTable`] holds, per session, the
+//! backend that owns it and the id under which the backends know it: sessions whose route was
+//! taken over (their backend could not serve them, so they moved for good, as Tomcat's
+//! JvmRouteBinderValve has it), and in `learn` mode every session id learned from a backend's
+//! Set-Cookie. It is the one piece of sticky state that peers will replicate, so it stays
+//! behind this small interface.
 //!
 //! [`CookieTemplates`] remembers how backends set their session cookies (Path, HttpOnly,
 //! Secure, SameSite), so that the cookie tandem rewrites after a takeover is the one the
@@ -13,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use cookie::Cookie;
 
-/// Where a session went, and the id the backends know it by.
+/// Where a session lives, and the id the backends know it by.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Takeover {
+pub struct Placement {
     /// The route of the backend that owns the session now.
     pub route: String,
     /// The session id as the backends know it: with session replication (Tomcat's
@@ -23,9 +25,10 @@ pub struct Takeover {
     pub backend_id: String,
 }
 
-/// Takeovers by session base id (the id without its route), bounded in size and age.
+/// Placements by session key (the id without its route in `route` mode, the whole id in `learn`
+/// mode), bounded in size and age.
 #[derive(Debug)]
-pub struct TakeoverTable {
+pub struct StickyTable {
     inner: Mutex<Entries>,
     /// An entry unused for this long is forgotten (the session's idle timeout).
     ttl: Duration,
@@ -44,15 +47,15 @@ struct Entries {
 
 #[derive(Debug)]
 struct Entry {
-    takeover: Takeover,
+    takeover: Placement,
     last_used: Instant,
     sequence: u64,
 }
 
-impl TakeoverTable {
+impl StickyTable {
     /// An empty table.
-    pub fn new(ttl: Duration, max_entries: usize) -> TakeoverTable {
-        TakeoverTable {
+    pub fn new(ttl: Duration, max_entries: usize) -> StickyTable {
+        StickyTable {
             inner: Mutex::new(Entries::default()),
             ttl,
             max_entries: max_entries.max(1),
@@ -66,7 +69,7 @@ impl TakeoverTable {
     }
 
     /// The takeover of session `base`, if one is recorded and still fresh; using it keeps it fresh.
-    pub fn get(&self, base: &str) -> Option<Takeover> {
+    pub fn get(&self, base: &str) -> Option<Placement> {
         let mut entries = self.entries();
         let entry = entries.by_base.get_mut(base)?;
         if entry.last_used.elapsed() > self.ttl {
@@ -78,7 +81,7 @@ impl TakeoverTable {
     }
 
     /// Records that session `base` now lives at `takeover.route`.
-    pub fn record(&self, base: &str, takeover: Takeover) {
+    pub fn record(&self, base: &str, takeover: Placement) {
         let mut entries = self.entries();
         let sequence = entries.next_sequence;
         entries.next_sequence += 1;
@@ -193,8 +196,8 @@ fn path_covers(path: &str, request_path: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn takeover(route: &str) -> Takeover {
-        Takeover {
+    fn takeover(route: &str) -> Placement {
+        Placement {
             route: route.into(),
             backend_id: "X.tc1".into(),
         }
@@ -202,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_and_evicts_the_oldest() {
-        let table = TakeoverTable::new(Duration::from_secs(60), 3);
+        let table = StickyTable::new(Duration::from_secs(60), 3);
         for i in 0..100 {
             table.record(&format!("forged{i}"), takeover("tc2"));
         }
@@ -215,7 +218,7 @@ mod tests {
 
     #[test]
     fn entries_expire_when_unused() {
-        let table = TakeoverTable::new(Duration::from_millis(1), 10);
+        let table = StickyTable::new(Duration::from_millis(1), 10);
         table.record("X", takeover("tc2"));
         std::thread::sleep(Duration::from_millis(5));
         assert!(table.get("X").is_none());
