@@ -261,8 +261,8 @@ impl Pool {
     }
 
     /// The session a request belongs to and the backend that owns it: for the first of `ids`
-    /// whose session is in the sticky table (taken over, or learned), or in `route` mode whose
-    /// route names a backend of this pool, whether or not that backend can serve it now (the
+    /// whose session is in the sticky table (taken over, or learned), or whose route (in `route`
+    /// mode; in `insert` mode, once its signature is verified) names a backend of this pool, whether or not that backend can serve it now (the
     /// caller fails over and records the move).
     pub fn sticky_target(
         &self,
@@ -277,14 +277,15 @@ impl Pool {
                     Some(placement.backend_id),
                 ))
             });
-            let by_route = || match sticky.mode {
-                StickyMode::Route => Some((
-                    *self
-                        .by_route
-                        .get(sticky::route_of(id.value, sticky.separator)?)?,
-                    None,
-                )),
-                StickyMode::Learn => None,
+            let by_route = || {
+                let route = match sticky.mode {
+                    StickyMode::Route => sticky::route_of(id.value, sticky.separator)?,
+                    StickyMode::Insert => {
+                        sticky::verified_route(&sticky.secret, &self.name, id.value)?
+                    }
+                    StickyMode::Learn => return None,
+                };
+                Some((*self.by_route.get(route)?, None))
             };
             let (owner, backend_id) = placed.or_else(by_route)?;
             Some(StickyTarget {

@@ -4,7 +4,9 @@
 //! route names is the pool's business.
 
 use cookie::Cookie;
+use hmac::{Hmac, Mac};
 use http::header::{HeaderMap, COOKIE};
+use sha2::Sha256;
 
 use crate::config::{StickyConfig, StickyMode};
 
@@ -88,11 +90,72 @@ fn path_parameter<'p>(path: &'p str, name: &str) -> Option<&'p str> {
 }
 
 /// What identifies a session whichever backend it moves to: in `route` mode the id without its
-/// route, in `learn` mode the whole id.
+/// route, in the other modes the whole id.
 pub fn session_key<'a>(id: &'a str, sticky: &StickyConfig) -> &'a str {
     match sticky.mode {
         StickyMode::Route => base_of(id, sticky.separator),
-        StickyMode::Learn => id,
+        StickyMode::Learn | StickyMode::Insert => id,
+    }
+}
+
+/// The affinity cookie value of `insert` mode for `route` in `pool`: `<route>.<tag>`, the tag
+/// being the first 16 bytes of HMAC-SHA256(secret, pool NUL route), in hex.
+pub fn signed_route(secret: &str, pool: &str, route: &str) -> String {
+    let tag = route_mac(secret, pool, route).finalize().into_bytes();
+    let hex: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{route}.{hex}")
+}
+
+/// The route an `insert` mode cookie value names, if its tag is right for `pool` (compared in
+/// constant time); `None` for anything forged, tampered with, or malformed.
+pub fn verified_route<'v>(secret: &str, pool: &str, value: &'v str) -> Option<&'v str> {
+    let (route, hex) = value.rsplit_once('.')?;
+    if hex.len() != 32 || !hex.is_ascii() {
+        return None;
+    }
+    let tag: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect::<Option<_>>()?;
+    route_mac(secret, pool, route)
+        .verify_truncated_left(&tag)
+        .ok()
+        .map(|()| route)
+}
+
+fn route_mac(secret: &str, pool: &str, route: &str) -> Hmac<Sha256> {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(pool.as_bytes());
+    mac.update(&[0]);
+    mac.update(route.as_bytes());
+    mac
+}
+
+/// Removes cookie `name` from every Cookie header (tandem's own affinity cookie is not the
+/// backend's business); a header left empty is removed.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let prefix = format!("{name}=");
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|header| {
+            let Ok(text) = header.to_str() else {
+                return Some(header.clone());
+            };
+            let pairs: Vec<&str> = text
+                .split(';')
+                .filter(|pair| !pair.trim().starts_with(&prefix))
+                .collect();
+            let joined = pairs.join(";");
+            let joined = joined.trim();
+            (!joined.is_empty())
+                .then(|| http::HeaderValue::from_str(joined).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
     }
 }
 
@@ -122,7 +185,50 @@ mod tests {
             table_ttl: std::time::Duration::from_secs(60),
             table_max: 10,
             force: false,
+            secret: String::new(),
         }
+    }
+
+    #[test]
+    fn insert_cookies_verify_only_for_their_route_and_pool() {
+        let secret = "0123456789abcdef";
+        let value = signed_route(secret, "web", "b1");
+        assert_eq!(verified_route(secret, "web", &value), Some("b1"));
+        assert_eq!(verified_route(secret, "api", &value), None, "another pool");
+        assert_eq!(verified_route("another secret!!", "web", &value), None);
+        let tag = value.rsplit_once('.').unwrap().1;
+        assert_eq!(
+            verified_route(secret, "web", &format!("b2.{tag}")),
+            None,
+            "route swapped"
+        );
+        for junk in [
+            "",
+            "b1",
+            "b1.",
+            "b1.zz",
+            "b1.ééééééééééééééé",
+            &format!("{value}0"),
+        ] {
+            assert_eq!(verified_route(secret, "web", junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn removing_a_cookie_keeps_the_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; TANDEMROUTE=x.y; b=2"),
+        );
+        headers.append(COOKIE, HeaderValue::from_static("TANDEMROUTE=z"));
+        remove_cookie(&mut headers, "TANDEMROUTE");
+        let values: Vec<&str> = headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(values, vec!["a=1; b=2"]);
     }
 
     #[test]

@@ -266,3 +266,24 @@ domain = "not a name"
         );
     }
 }
+
+#[test]
+fn insert_mode_needs_a_long_secret() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080"]
+
+[[pool]]
+name = "web"
+[pool.sticky]
+mode = "insert"
+secret = "short"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:8: pool[0].sticky.secret"),
+        "{stderr}"
+    );
+}

@@ -303,3 +303,75 @@ async fn learn_mode_sticks_ids_that_name_no_backend() {
         );
     }
 }
+
+#[tokio::test]
+async fn insert_mode_sets_a_signed_affinity_cookie_that_clients_cannot_steer() {
+    let insert = "[pool.sticky]\nmode = \"insert\"\nsecret = \"a long enough test secret\"\n";
+    let (_backends, tandem) = sticky_pool(insert, ["active", "active", "stopped"]).await;
+    let client = client();
+    let first = get(&client, &tandem.url("/")).await;
+    let set_cookie = first.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.starts_with(&format!("TANDEMROUTE={}.", first.body)),
+        "{set_cookie}"
+    );
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("Path=/"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    for _ in 0..10 {
+        let answer = get_with(
+            &client,
+            &tandem.url("/headers"),
+            &[("cookie", &format!("lang=en; {cookie}"))],
+        )
+        .await;
+        assert_eq!(answer.headers["x-backend"], first.body.as_str());
+        assert!(
+            answer.headers.get("set-cookie").is_none(),
+            "the cookie is right already"
+        );
+        // The backend sees the client's cookies but not tandem's own.
+        assert!(answer.body.contains("cookie: lang=en"), "{}", answer.body);
+        assert!(!answer.body.contains("TANDEMROUTE"), "{}", answer.body);
+    }
+
+    // A route the client wrote itself, or another route under the same signature, is not
+    // believed: the request is balanced and a valid cookie issued.
+    let other = if first.body == "a" { "b" } else { "a" };
+    let tag = cookie.rsplit_once('.').unwrap().1;
+    for forged in [
+        format!("TANDEMROUTE={other}"),
+        format!("TANDEMROUTE={other}.{tag}"),
+    ] {
+        let mut served = Vec::new();
+        for _ in 0..4 {
+            let answer = get_with(&client, &tandem.url("/"), &[("cookie", &forged)]).await;
+            let reissued = answer.headers["set-cookie"].to_str().unwrap();
+            assert!(
+                reissued.starts_with(&format!("TANDEMROUTE={}.", answer.body)),
+                "{reissued}"
+            );
+            served.push(answer.body);
+        }
+        assert!(
+            served.iter().any(|b| b != other),
+            "{forged} steered every request: {served:?}"
+        );
+    }
+
+    // A cookie naming a backend that has since been stopped (what its earlier clients hold,
+    // signed as tandem signs it) is re-issued for the backend that served.
+    let stale = format!(
+        "TANDEMROUTE={}",
+        tandem::sticky::signed_route("a long enough test secret", "web", "c")
+    );
+    let answer = get_with(&client, &tandem.url("/"), &[("cookie", &stale)]).await;
+    assert_ne!(answer.body, "c");
+    assert!(answer.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .starts_with(&format!("TANDEMROUTE={}.", answer.body)));
+}

@@ -185,6 +185,9 @@ pub enum StickyMode {
     /// The id carries no route (PHPSESSID and the like): tandem learns id → backend from the
     /// backends' Set-Cookie, as HAProxy's stick-store-response and nginx's sticky learn do.
     Learn,
+    /// For backends that set no session cookie: tandem sets its own affinity cookie
+    /// (`<route>.<HMAC>`, signed with `secret`, so a client can neither forge nor steer it).
+    Insert,
 }
 
 /// Where a request's session id is read from, and how its route is cut from it (`route` mode:
@@ -206,6 +209,8 @@ pub struct StickyConfig {
     /// Answer 503 rather than move a session whose backend cannot serve it (for backends that
     /// cannot take sessions over).
     pub force: bool,
+    /// The key that signs `insert` mode's affinity cookie; empty in the other modes.
+    pub secret: String,
 }
 
 /// How a pool picks a backend for a request.
@@ -990,15 +995,17 @@ impl Checker<'_> {
             table_ttl: None,
             table_max: None,
             force: None,
+            secret: None,
         });
         let mode = match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
             None | Some("route") => StickyMode::Route,
             Some("learn") => StickyMode::Learn,
+            Some("insert") => StickyMode::Insert,
             Some("off") => return None,
             Some(other) => {
                 let span = raw.mode.as_ref().map(Spanned::span);
                 let message =
-                    format!("unknown sticky mode `{other}`; expected route, learn or off");
+                    format!("unknown sticky mode `{other}`; expected route, learn, insert or off");
                 self.error(span, format!("{prefix}.sticky.mode"), message);
                 StickyMode::Route
             }
@@ -1017,8 +1024,42 @@ impl Checker<'_> {
             }
         }
         if cookies.is_empty() {
-            cookies.push("JSESSIONID".to_string());
+            let default = if mode == StickyMode::Insert {
+                "TANDEMROUTE"
+            } else {
+                "JSESSIONID"
+            };
+            cookies.push(default.to_string());
         }
+        let secret = match (&raw.secret, mode) {
+            (Some(secret), StickyMode::Insert) if secret.get_ref().len() >= 16 => {
+                secret.get_ref().clone()
+            }
+            (Some(secret), StickyMode::Insert) => {
+                let message = "must be at least 16 characters: it signs the affinity cookie";
+                self.error(
+                    Some(secret.span()),
+                    format!("{prefix}.sticky.secret"),
+                    message,
+                );
+                String::new()
+            }
+            (None, StickyMode::Insert) => {
+                let message =
+                    "insert mode needs a secret (at least 16 characters) to sign its cookie";
+                self.error(None, format!("{prefix}.sticky.secret"), message);
+                String::new()
+            }
+            (Some(secret), _) => {
+                self.error(
+                    Some(secret.span()),
+                    format!("{prefix}.sticky.secret"),
+                    "only used in insert mode",
+                );
+                String::new()
+            }
+            (None, _) => String::new(),
+        };
         let url_parameter = match raw.url_parameter {
             None => Some("jsessionid".to_string()),
             Some(name) if name.get_ref().is_empty() => None,
@@ -1066,6 +1107,7 @@ impl Checker<'_> {
             100_000,
         ) as usize;
         Some(StickyConfig {
+            secret,
             mode,
             cookies,
             url_parameter,

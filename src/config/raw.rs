@@ -117,6 +117,7 @@ pub struct RawSticky {
     pub table_ttl: Option<Spanned<String>>,
     pub table_max: Option<Spanned<i64>>,
     pub force: Option<bool>,
+    pub secret: Option<Spanned<String>>,
 }
 
 /// One `[[pool.backend]]`.

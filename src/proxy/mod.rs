@@ -168,6 +168,12 @@ impl ProxyService {
                 pool: pool.name.to_string(),
             });
         }
+        if let Some(sticky) = sticky.filter(|sticky| sticky.mode == StickyMode::Insert) {
+            // tandem's own affinity cookie is not the backend's business.
+            for name in &sticky.cookies {
+                sticky::remove_cookie(request.headers_mut(), name);
+            }
+        }
         if let Some(StickyTarget {
             id,
             cookie: Some(cookie),
@@ -386,6 +392,20 @@ fn settle_session(
     response: &mut Response<Incoming>,
 ) {
     let served_route = &pool.backends[served].config.route;
+    if sticky.mode == StickyMode::Insert {
+        // The cookie carries the route: re-issue it whenever the request landed elsewhere.
+        if target.map(|t| t.owner) != Some(served) {
+            let value = sticky::signed_route(&sticky.secret, &pool.name, served_route);
+            let mut cookie = cookie::Cookie::new(sticky.cookies[0].clone(), value);
+            cookie.set_path("/");
+            cookie.set_http_only(true);
+            cookie.set_same_site(cookie::SameSite::Lax);
+            if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
+                response.headers_mut().append(SET_COOKIE, value);
+            }
+        }
+        return;
+    }
     let learn = sticky.mode == StickyMode::Learn;
     let mut renamed_by_backend = None;
     for value in response.headers().get_all(SET_COOKIE) {
