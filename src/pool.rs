@@ -43,6 +43,9 @@ pub struct BackendLive {
     window_start_ms: AtomicU64,
     /// Passive checks: [`clock_ms`] until which the backend is out of rotation; 0 when it is not.
     ejected_until_ms: AtomicU64,
+    /// [`clock_ms`] when the backend last came back (health UP, ejection over), for slow start;
+    /// 0 when it is not ramping up.
+    back_since_ms: AtomicU64,
 }
 
 impl Default for BackendLive {
@@ -60,6 +63,7 @@ impl BackendLive {
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            back_since_ms: AtomicU64::new(0),
         }
     }
 
@@ -68,9 +72,14 @@ impl BackendLive {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Records the health checks' verdict; returns whether it changed.
+    /// Records the health checks' verdict; returns whether it changed. Coming up starts the
+    /// slow start ramp.
     pub fn set_up(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::Relaxed) != up
+        let changed = self.up.swap(up, Ordering::Relaxed) != up;
+        if changed && up {
+            self.back_since_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+        changed
     }
 
     /// Counts a request as open until the returned guard is dropped.
@@ -125,9 +134,29 @@ impl Backend {
             Ordering::Relaxed,
         );
         if back.is_ok() {
+            self.live.back_since_ms.store(clock_ms(), Ordering::Relaxed);
             tracing::info!(backend = %self.config.address, "backend back in rotation after its passive ejection");
         }
         false
+    }
+
+    /// Slow start: whether this backend, which came back `slow_start` ago or less, takes this
+    /// turn. Its chance grows from 0 to 1 over `slow_start`, so its share ramps up.
+    pub fn passes_slow_start(&self, slow_start: Option<std::time::Duration>) -> bool {
+        let Some(slow_start) = slow_start else {
+            return true;
+        };
+        let since = self.live.back_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return true;
+        }
+        let elapsed = clock_ms().saturating_sub(since);
+        let ramp = slow_start.as_millis().max(1) as u64;
+        if elapsed >= ramp {
+            self.live.back_since_ms.store(0, Ordering::Relaxed);
+            return true;
+        }
+        rand::random::<f64>() < elapsed as f64 / ramp as f64
     }
 
     /// Counts a failed request (connect error, timeout, reset, or a `fail_on_status` status)
@@ -327,20 +356,26 @@ impl Pool {
             .or_else(|| self.select(client, exclude))
     }
 
-    /// `select`, limited to `domain` when one is given.
+    /// `select`, limited to `domain` when one is given. Each phase (primaries, backups, then
+    /// the same ignoring ejection) is tried with slow start's ramp first, then without, so a ramp
+    /// never leaves a request with no backend.
     fn select_in(&self, domain: Option<&str>, client: IpAddr, exclude: &[usize]) -> Option<usize> {
-        [(false, false), (false, true), (true, false), (true, true)]
-            .into_iter()
-            .find_map(|(ignore_ejection, backups)| {
-                let candidates = Candidates {
-                    backends: &self.backends,
-                    exclude,
-                    ignore_ejection,
-                    backups,
-                    domain,
-                };
-                self.balancer.select(&candidates, client)
-            })
+        let phases = [(false, false), (false, true), (true, false), (true, true)];
+        phases.into_iter().find_map(|(ignore_ejection, backups)| {
+            [self.config.slow_start, None]
+                .into_iter()
+                .find_map(|slow_start| {
+                    let candidates = Candidates {
+                        backends: &self.backends,
+                        exclude,
+                        ignore_ejection,
+                        backups,
+                        domain,
+                        slow_start,
+                    };
+                    self.balancer.select(&candidates, client)
+                })
+        })
     }
 }
 

@@ -126,6 +126,7 @@ mod tests {
             response_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             max_idle_per_backend: 1,
+            slow_start: None,
             sticky: None,
             health: None,
             retry: crate::config::RetryConfig {

@@ -144,3 +144,49 @@ async fn a_reload_keeps_a_down_backend_down_and_dropping_checks_brings_it_back()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_a_returning_backends_share_up() {
+    let steady = Backend::start("steady").await;
+    let back = Backend::start("back").await;
+    back.healthy.store(false, Ordering::SeqCst);
+    let checks = format!("slow_start = \"3s\"\n{FAST_CHECKS}");
+    let tandem = Tandem::start(&config(&pool(
+        "web",
+        "round_robin",
+        &checks,
+        &[&steady, &back],
+    )));
+    wait_flip(&tandem, &back, "DOWN");
+    back.healthy.store(true, Ordering::SeqCst);
+    wait_flip(&tandem, &back, "UP");
+    let client = client();
+
+    // Right after coming back, its share is a small fraction of round robin's half.
+    let mut early = Vec::new();
+    for _ in 0..40 {
+        early.push(get(&client, &tandem.url("/")).await.body);
+    }
+    let early_share = early.iter().filter(|b| *b == "back").count();
+    assert!(
+        early_share <= 12,
+        "{early_share} of 40 right after recovery"
+    );
+
+    // Once the ramp is over, plain round robin again: exactly every other request.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let mut window = Vec::new();
+        for _ in 0..20 {
+            window.push(get(&client, &tandem.url("/")).await.body);
+        }
+        if window.iter().filter(|b| *b == "back").count() == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the share never reached half: {window:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

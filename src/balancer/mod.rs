@@ -28,11 +28,13 @@ pub struct Candidates<'a> {
     pub backups: bool,
     /// Only backends of this domain, when set (a session failing over within its domain).
     pub domain: Option<&'a str>,
+    /// The pool's slow start, when this pick applies its ramp.
+    pub slow_start: Option<std::time::Duration>,
 }
 
 impl Candidates<'_> {
     /// Whether backend `i` may get this attempt: of the kind (primary or backup) and domain
-    /// asked for, not tried yet, active and up, and not ejected.
+    /// asked for, not tried yet, active and up, not ejected, and past its slow start's dice.
     pub fn usable(&self, i: usize) -> bool {
         let backend = &self.backends[i];
         backend.config.backup == self.backups
@@ -42,6 +44,7 @@ impl Candidates<'_> {
             && !self.exclude.contains(&i)
             && backend.takes_new_work()
             && (self.ignore_ejection || !backend.is_ejected())
+            && backend.passes_slow_start(self.slow_start)
     }
 
     /// How many backends the pool has (usable or not).
@@ -97,6 +100,7 @@ pub(crate) mod test_support {
             ignore_ejection: false,
             backups: false,
             domain: None,
+            slow_start: None,
         }
     }
 

@@ -113,6 +113,9 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Kept-alive backend connections per backend at most.
     pub max_idle_per_backend: usize,
+    /// A backend that comes back (health checks, passive ejection) gets its full share of new
+    /// requests only after this long, ramping up from nothing; `None`: at once.
+    pub slow_start: Option<Duration>,
     /// Sticky routing on the session id's route suffix; `None` when `sticky.mode = "off"`.
     pub sticky: Option<StickyConfig>,
     /// Active health checks; `None` without a `[pool.health]` table (every backend counts as up).
@@ -801,6 +804,9 @@ impl Checker<'_> {
                 0..100_001,
                 64,
             ) as usize,
+            slow_start: raw.slow_start.map(|value| {
+                self.duration(Some(value), &format!("{prefix}.slow_start"), Duration::ZERO)
+            }),
             sticky: self.sticky(&prefix, raw.sticky),
             health: raw.health.map(|health| self.health(&prefix, health)),
             retry: self.retry(&prefix, raw.retry),

@@ -63,6 +63,7 @@ pub struct RawPool {
     pub response_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_backend: Option<Spanned<i64>>,
+    pub slow_start: Option<Spanned<String>>,
     pub sticky: Option<RawSticky>,
     pub health: Option<RawHealth>,
     pub retry: Option<RawRetry>,
