@@ -34,6 +34,9 @@ pub enum ProxyError {
         /// The configured limit.
         limit: usize,
     },
+    /// The client did not send its (small, buffered) request body in time (408).
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The request cannot be routed as sent (400).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -61,6 +64,7 @@ impl ProxyError {
             }
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -75,6 +79,7 @@ impl ProxyError {
             }
             ProxyError::UriTooLong { .. } => "414 URI Too Long\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
+            ProxyError::BodyTimeout(_) => "408 Request Timeout\n",
             ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 "502 Bad Gateway: the server failed\n"
             }
@@ -88,7 +93,7 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::UriTooLong { .. }
+            ProxyError::BadRequest(_) | ProxyError::UriTooLong { .. } | ProxyError::BodyTimeout(_)
         )
     }
 }

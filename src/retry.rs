@@ -1,10 +1,9 @@
 //! Retries: whether a failed attempt may be tried again on another backend, and the per-pool
 //! budget that keeps retries from multiplying the load on a sick pool.
 //!
-//! Only requests without a body are retried: tandem streams bodies and keeps no copy of one it
-//! has started to send. (A request with a body whose connection could not even be opened could
-//! be retried too; hyper-util's pooled client consumes the request either way, so that waits
-//! for a connection pool of tandem's own.)
+//! Only requests tandem holds whole are retried: without a body, or with a small one read
+//! before the first attempt (see `proxy::Replay`); a larger body streams, and tandem keeps no
+//! copy of what it has sent.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

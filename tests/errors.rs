@@ -157,6 +157,24 @@ async fn slow_header_sender_is_cut_off_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_small_body_that_stalls_is_answered_408() {
+    let (backend, tandem) = tandem_with_listen("header_read_timeout = \"500ms\"").await;
+    let started = Instant::now();
+    let answer = raw_exchange(
+        &tandem,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_took(
+        started.elapsed(),
+        Duration::from_millis(450)..Duration::from_secs(5),
+        "answered",
+    );
+    assert_eq!(backend.count(), 0, "a partial body reached the backend");
+}
+
+#[tokio::test]
 async fn silent_connection_is_closed_at_the_header_timeout() {
     let (backend, tandem) = tandem_with_listen("header_read_timeout = \"500ms\"").await;
     let started = Instant::now();

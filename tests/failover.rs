@@ -154,3 +154,25 @@ async fn fail_on_status_ejects_a_backend_until_recover_after() {
     );
     tandem.wait_log("backend back in rotation");
 }
+
+#[tokio::test]
+async fn a_small_post_whose_backend_refuses_is_retried_with_its_body() {
+    let good = Backend::start("good").await;
+    let pools = format!(
+        "[[pool]]\nname = \"web\"\n[pool.passive]\nmax_fails = 0\n[[pool.backend]]\naddress = \"{}\"\n{}",
+        refusing_address(),
+        good.toml()
+    );
+    let tandem = Tandem::start(&config(&pools));
+    let client = client();
+    for _ in 0..4 {
+        let body = vec![b'x'; 10_000];
+        let request = http::Request::post(tandem.url("/upload"))
+            .header("content-length", body.len())
+            .body(streamed_body(body.len() as u64))
+            .unwrap();
+        let answer = send(&client, request).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "10000", "the retried POST arrived whole");
+    }
+}

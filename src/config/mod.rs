@@ -128,8 +128,8 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
 }
 
-/// When a failed attempt is tried again on another backend. Only requests without a body are
-/// retried (tandem does not keep a body it has started to send).
+/// When a failed attempt is tried again on another backend. Only requests tandem holds whole
+/// are retried: without a body, or with one of up to 64 KiB read beforehand.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Tries per request at most, the first included (1: never retry).

@@ -91,16 +91,19 @@ impl Body for ResponseBody {
     }
 }
 
-/// The body of a request sent to a backend: the client's, streamed, or none (a retry of a
-/// request that had none).
+/// The body of a request sent to a backend: the client's, streamed, or a small one read
+/// beforehand so that the request can be sent again.
 pub enum RequestBody {
     /// The client's body, relayed as it arrives.
     Client {
         /// The body as hyper hands it over.
         body: Incoming,
     },
-    /// No body.
-    Empty,
+    /// A whole body held in memory (empty for a request without one); taken when sent.
+    Buffered {
+        /// The bytes not sent yet.
+        data: Option<Bytes>,
+    },
 }
 
 impl Body for RequestBody {
@@ -114,21 +117,25 @@ impl Body for RequestBody {
         // `Incoming` is `Unpin`, so no pin projection is needed.
         match self.get_mut() {
             RequestBody::Client { body } => Pin::new(body).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Buffered { data } => {
+                Poll::Ready(data.take().map(|bytes| Ok(Frame::data(bytes))))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Client { body } => body.is_end_stream(),
-            RequestBody::Empty => true,
+            RequestBody::Buffered { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Client { body } => body.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

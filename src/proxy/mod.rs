@@ -12,9 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
 use crate::config::{StickyConfig, StickyMode};
@@ -189,11 +191,21 @@ impl ProxyService {
         }
         let client_upgrade = self.prepare(&mut request, host, snapshot);
         let retry = &pool.config.retry;
-        // Only a request without a body can be sent again; keep what it takes to rebuild it.
-        let replay =
-            (client_upgrade.is_none() && retry.attempts > 1 && request.body().is_end_stream())
-                .then(|| Replay::of(&request));
-        let mut first = Some(request.map(|body| RequestBody::Client { body }));
+        // A request can be sent again when tandem holds all of it: no body, or a small one read
+        // beforehand (nginx's request buffering). A larger body streams and is sent once.
+        let replayable = client_upgrade.is_none()
+            && retry.attempts > 1
+            && request
+                .body()
+                .size_hint()
+                .exact()
+                .is_some_and(|length| length <= MAX_REPLAY_BODY);
+        let (replay, mut streamed) = if replayable {
+            let timeout = snapshot.config.listen.header_read_timeout;
+            (Some(Replay::read(request, timeout).await?), None)
+        } else {
+            (None, Some(request.map(|body| RequestBody::Client { body })))
+        };
         let mut tried: Vec<usize> = Vec::new();
         // A session whose owner cannot serve it fails over in mod_jk's order.
         let owner = target.as_ref().map(|t| t.owner);
@@ -213,9 +225,9 @@ impl ProxyService {
             let backend = &pool.backends[index];
             completion.backend = Some(Arc::clone(backend));
             completion.attempts += 1;
-            let mut attempt = match (first.take(), &replay) {
-                (Some(request), _) => request,
-                (None, Some(replay)) => replay.build(),
+            let mut attempt = match (&replay, streamed.take()) {
+                (Some(replay), _) => replay.build(),
+                (None, Some(request)) => request,
                 (None, None) => unreachable!("a second attempt is only made with a replay"),
             };
             aim(&mut attempt, backend);
@@ -350,25 +362,42 @@ fn relay(
     Ok((response, in_flight))
 }
 
-/// What it takes to send a request without a body again: its method, target and prepared
-/// headers.
+/// Request bodies up to this size, with a Content-Length, are read before the first attempt so
+/// that the request can be retried; larger ones stream.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// A request tandem holds whole, so that it can be sent again: its method, target, prepared
+/// headers and body.
 struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Bytes,
 }
 
 impl Replay {
-    fn of(request: &Request<Incoming>) -> Replay {
-        Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
-        }
+    /// Takes the request, reading its (small) body within `timeout`.
+    async fn read(
+        request: Request<Incoming>,
+        timeout: std::time::Duration,
+    ) -> Result<Replay, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let body = match tokio::time::timeout(timeout, body.collect()).await {
+            Err(_) => return Err(ProxyError::BodyTimeout(timeout)),
+            Ok(Err(_)) => return Err(ProxyError::BadRequest("the request body ended early")),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        Ok(Replay {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+        })
     }
 
     fn build(&self) -> Request<RequestBody> {
-        let mut request = Request::new(RequestBody::Empty);
+        let data = (!self.body.is_empty()).then(|| self.body.clone());
+        let mut request = Request::new(RequestBody::Buffered { data });
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
