@@ -155,9 +155,7 @@ async fn a_backup_backend_serves_only_when_no_primary_can() {
     for _ in 0..6 {
         assert_eq!(get(&client, &tandem.url("/")).await.body, "primary");
     }
-    tandem.rewrite_config(&with_primary("stopped"));
-    tandem.signal(nix::sys::signal::Signal::SIGHUP);
-    tandem.wait_log("config reloaded");
+    tandem.reload(&with_primary("stopped"));
     for _ in 0..6 {
         assert_eq!(get(&client, &tandem.url("/")).await.body, "backup");
     }

@@ -19,6 +19,18 @@ fn check(config: &str) -> (i32, String, String) {
     )
 }
 
+/// Fails unless `stderr` has, for each (location, key), a line naming both.
+fn assert_errors_at(stderr: &str, expected: &[(&str, &str)]) {
+    for (location, key) in expected {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.contains(location) && line.contains(key)),
+            "no error at {location} for {key} in:\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
@@ -86,14 +98,7 @@ address = "bad host:80"
         ("bad.toml:29:", "pool[1].backend[0].address"),
         ("bad.toml:31:", "pool[1].backend[1].address"),
     ];
-    for (location, key) in expected {
-        assert!(
-            stderr
-                .lines()
-                .any(|line| line.contains(location) && line.contains(key)),
-            "no error at {location} for {key} in:\n{stderr}"
-        );
-    }
+    assert_errors_at(&stderr, &expected);
     assert!(stderr.contains("14 error(s)"), "{stderr}");
     let lines: Vec<usize> = stderr
         .lines()
@@ -144,19 +149,15 @@ address = "127.0.0.1:9001"
 "#;
     let (code, _, stderr) = check(config);
     assert_eq!(code, 78, "{stderr}");
-    for (location, key) in [
-        ("bad.toml:7:", "pool[0].sticky.mode"),
-        ("bad.toml:8:", "pool[0].sticky.cookies[0]"),
-        ("bad.toml:9:", "pool[0].sticky.url_parameter"),
-        ("bad.toml:10:", "pool[0].sticky.separator"),
-    ] {
-        assert!(
-            stderr
-                .lines()
-                .any(|line| line.contains(location) && line.contains(key)),
-            "no error at {location} for {key} in:\n{stderr}"
-        );
-    }
+    assert_errors_at(
+        &stderr,
+        &[
+            ("bad.toml:7:", "pool[0].sticky.mode"),
+            ("bad.toml:8:", "pool[0].sticky.cookies[0]"),
+            ("bad.toml:9:", "pool[0].sticky.url_parameter"),
+            ("bad.toml:10:", "pool[0].sticky.separator"),
+        ],
+    );
 }
 
 #[test]
@@ -178,21 +179,17 @@ address = "127.0.0.1:9001"
 "#;
     let (code, _, stderr) = check(config);
     assert_eq!(code, 78, "{stderr}");
-    for (location, key) in [
-        ("bad.toml:7:", "pool[0].health.path"),
-        ("bad.toml:8:", "pool[0].health.method"),
-        ("bad.toml:9:", "pool[0].health.interval"),
-        ("bad.toml:10:", "pool[0].health.rise"),
-        ("bad.toml:11:", "pool[0].health.expect_status[1]"),
-        ("bad.toml:12:", "pool[0].health.start"),
-    ] {
-        assert!(
-            stderr
-                .lines()
-                .any(|line| line.contains(location) && line.contains(key)),
-            "no error at {location} for {key} in:\n{stderr}"
-        );
-    }
+    assert_errors_at(
+        &stderr,
+        &[
+            ("bad.toml:7:", "pool[0].health.path"),
+            ("bad.toml:8:", "pool[0].health.method"),
+            ("bad.toml:9:", "pool[0].health.interval"),
+            ("bad.toml:10:", "pool[0].health.rise"),
+            ("bad.toml:11:", "pool[0].health.expect_status[1]"),
+            ("bad.toml:12:", "pool[0].health.start"),
+        ],
+    );
 }
 
 #[test]
@@ -216,22 +213,18 @@ address = "127.0.0.1:9001"
 "#;
     let (code, _, stderr) = check(config);
     assert_eq!(code, 78, "{stderr}");
-    for (location, key) in [
-        ("bad.toml:7:", "pool[0].retry.attempts"),
-        ("bad.toml:8:", "pool[0].retry.budget"),
-        ("bad.toml:9:", "pool[0].retry.methods[1]"),
-        ("bad.toml:11:", "pool[0].passive.max_fails"),
-        ("bad.toml:12:", "pool[0].passive.fail_window"),
-        ("bad.toml:13:", "pool[0].passive.recover_after"),
-        ("bad.toml:14:", "pool[0].passive.fail_on_status[0]"),
-    ] {
-        assert!(
-            stderr
-                .lines()
-                .any(|line| line.contains(location) && line.contains(key)),
-            "no error at {location} for {key} in:\n{stderr}"
-        );
-    }
+    assert_errors_at(
+        &stderr,
+        &[
+            ("bad.toml:7:", "pool[0].retry.attempts"),
+            ("bad.toml:8:", "pool[0].retry.budget"),
+            ("bad.toml:9:", "pool[0].retry.methods[1]"),
+            ("bad.toml:11:", "pool[0].passive.max_fails"),
+            ("bad.toml:12:", "pool[0].passive.fail_window"),
+            ("bad.toml:13:", "pool[0].passive.recover_after"),
+            ("bad.toml:14:", "pool[0].passive.fail_on_status[0]"),
+        ],
+    );
 }
 
 #[test]
@@ -253,18 +246,14 @@ domain = "not a name"
 "#;
     let (code, _, stderr) = check(config);
     assert_eq!(code, 78, "{stderr}");
-    for (location, key) in [
-        ("bad.toml:9:", "pool[0].backend[0].redirect"),
-        ("bad.toml:13:", "pool[0].backend[1].redirect"),
-        ("bad.toml:14:", "pool[0].backend[1].domain"),
-    ] {
-        assert!(
-            stderr
-                .lines()
-                .any(|line| line.contains(location) && line.contains(key)),
-            "no error at {location} for {key} in:\n{stderr}"
-        );
-    }
+    assert_errors_at(
+        &stderr,
+        &[
+            ("bad.toml:9:", "pool[0].backend[0].redirect"),
+            ("bad.toml:13:", "pool[0].backend[1].redirect"),
+            ("bad.toml:14:", "pool[0].backend[1].domain"),
+        ],
+    );
 }
 
 #[test]

@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+/// A pool whose first backend refuses every connection and whose second is `good`, with
+/// passive ejection off so that every request meets the refusal in its turn.
+fn refusing_then(good: &Backend) -> String {
+    format!(
+        "[[pool]]\nname = \"web\"\n[pool.passive]\nmax_fails = 0\n[[pool.backend]]\naddress = \"{}\"\n{}",
+        refusing_address(),
+        good.toml()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_backend_under_a_get_loop_fails_no_request() {
     let backends = three_backends().await;
@@ -73,12 +83,7 @@ async fn killing_a_backend_under_a_get_loop_fails_no_request() {
 #[tokio::test]
 async fn a_get_whose_backend_refuses_is_retried_on_another() {
     let good = Backend::start("good").await;
-    let pools = format!(
-        "[[pool]]\nname = \"web\"\n[pool.passive]\nmax_fails = 0\n[[pool.backend]]\naddress = \"{}\"\n{}",
-        refusing_address(),
-        good.toml()
-    );
-    let tandem = Tandem::start(&config(&pools));
+    let tandem = Tandem::start(&config(&refusing_then(&good)));
     let client = client();
     for _ in 0..6 {
         let answer = get(&client, &tandem.url("/")).await;
@@ -158,12 +163,7 @@ async fn fail_on_status_ejects_a_backend_until_recover_after() {
 #[tokio::test]
 async fn a_small_post_whose_backend_refuses_is_retried_with_its_body() {
     let good = Backend::start("good").await;
-    let pools = format!(
-        "[[pool]]\nname = \"web\"\n[pool.passive]\nmax_fails = 0\n[[pool.backend]]\naddress = \"{}\"\n{}",
-        refusing_address(),
-        good.toml()
-    );
-    let tandem = Tandem::start(&config(&pools));
+    let tandem = Tandem::start(&config(&refusing_then(&good)));
     let client = client();
     for _ in 0..4 {
         let body = vec![b'x'; 10_000];

@@ -53,9 +53,7 @@ async fn reload_under_a_request_loop_loses_no_request() {
         assert!(Instant::now() < until, "the loop never got going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tandem.rewrite_config(&config(&pool("web", "round_robin", "", &[&new])));
-    tandem.signal(Signal::SIGHUP);
-    tandem.wait_log("config reloaded");
+    tandem.reload(&config(&pool("web", "round_robin", "", &[&new])));
     let served_by_old = old.count();
     while new.count() < 50 {
         assert!(

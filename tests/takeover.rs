@@ -5,8 +5,6 @@
 
 mod support;
 
-use nix::sys::signal::Signal;
-
 use support::*;
 
 /// The Set-Cookie values of an answer.
@@ -116,9 +114,7 @@ async fn a_session_stays_with_its_new_backend_when_the_old_one_returns() {
     .await;
     assert_eq!(answer.body, "first S7.first");
 
-    tandem.rewrite_config(&with_state("stopped"));
-    tandem.signal(Signal::SIGHUP);
-    tandem.wait_log_count("config reloaded", 1);
+    tandem.reload(&with_state("stopped"));
     let answer = whoami(&tandem, "S7.first").await;
     assert_eq!(answer.body, "second S7.first");
     assert_eq!(
@@ -126,9 +122,7 @@ async fn a_session_stays_with_its_new_backend_when_the_old_one_returns() {
         vec!["JSESSIONID=S7.second; HttpOnly; Path=/".to_string()]
     );
 
-    tandem.rewrite_config(&with_state("active"));
-    tandem.signal(Signal::SIGHUP);
-    tandem.wait_log_count("config reloaded", 2);
+    tandem.reload(&with_state("active"));
     for session in ["S7.second", "S7.first"] {
         for _ in 0..4 {
             assert_eq!(

@@ -531,6 +531,14 @@ impl Tandem {
         std::fs::write(&self.config_path, config).unwrap();
     }
 
+    /// Rewrites the config, sends SIGHUP, and waits until tandem logs that it reloaded.
+    pub fn reload(&self, config: &str) {
+        let done = self.log_count("config reloaded");
+        self.rewrite_config(config);
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        self.wait_log_count("config reloaded", done + 1);
+    }
+
     /// Waits for a line of the application log (stderr) containing `pattern`.
     pub fn wait_log(&self, pattern: &str) -> String {
         self.stderr.wait_for(pattern, DEADLINE).unwrap_or_else(|| {
