@@ -129,7 +129,7 @@ pub struct PoolConfig {
 }
 
 /// When a failed attempt is tried again on another backend. Only requests tandem holds whole
-/// are retried: without a body, or with one of up to 64 KiB read beforehand.
+/// are retried: without a body, or with one of up to 16 KiB read beforehand.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Tries per request at most, the first included (1: never retry).

@@ -113,82 +113,15 @@ impl ProxyService {
         mut request: Request<Incoming>,
         completion: &mut Completion,
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
-        let target_length = request
-            .uri()
-            .path_and_query()
-            .map_or(0, |pq| pq.as_str().len());
-        if target_length > snapshot.max_uri_length {
-            return Err(ProxyError::UriTooLong {
-                length: target_length,
-                limit: snapshot.max_uri_length,
-            });
-        }
-        // The authority of an absolute-form target (and HTTP/2's :authority) overrides Host
-        // (RFC 9112 §3.2.2); the request is forwarded with that authority as its Host.
-        let host = match request.uri().authority() {
-            Some(authority) => {
-                let value = HeaderValue::from_str(authority.as_str())
-                    .map_err(|_| ProxyError::BadRequest("request authority is not a valid Host"))?;
-                request.headers_mut().insert(HOST, value.clone());
-                Some(value)
-            }
-            None => request.headers().get(HOST).cloned(),
-        };
-        let host_name = match &host {
-            Some(value) => normalize_host(
-                value
-                    .to_str()
-                    .map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?,
-            ),
-            None if request.version() == Version::HTTP_11 => {
-                return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
-            }
-            None => String::new(),
-        };
-        let pool_index = snapshot
-            .routes
-            .lookup(&host_name, request.uri().path())
-            .ok_or_else(|| ProxyError::NoPool {
-                host: host_name.clone(),
-            })?;
-        let pool = &snapshot.pools[pool_index];
+        let (pool, host) = self.choose_pool(snapshot, &mut request)?;
         completion.pool = Some(Arc::clone(&pool.name));
         pool.retry_budget.deposit();
         let sticky = pool.config.sticky.as_ref();
-        let target = sticky.and_then(|sticky| {
-            let ids = sticky::session_ids(request.headers(), request.uri().path(), sticky);
-            pool.sticky_target(&ids, sticky)
-        });
-        let sticky_index = target
-            .as_ref()
-            .map(|t| t.owner)
-            .filter(|&i| pool.backends[i].takes_sticky_work());
-        // With sticky.force a session never moves: no failover, no retry elsewhere.
-        let forced = target.is_some() && sticky.is_some_and(|sticky| sticky.force);
-        if forced && sticky_index.is_none() {
-            return Err(ProxyError::SessionBackendUnavailable {
-                pool: pool.name.to_string(),
-            });
-        }
-        if let Some(sticky) = sticky.filter(|sticky| sticky.mode == StickyMode::Insert) {
-            // tandem's own affinity cookie is not the backend's business.
-            for name in &sticky.cookies {
-                sticky::remove_cookie(request.headers_mut(), name);
-            }
-        }
-        if let Some(StickyTarget {
-            id,
-            cookie: Some(cookie),
-            backend_id: Some(backend_id),
-            ..
-        }) = &target
-        {
-            // After a takeover the client holds `<base>.<new route>`; the backends know the
-            // session by the id it had when it was replicated.
-            if id != backend_id {
-                sticky::rewrite_cookie(request.headers_mut(), cookie, id, backend_id);
-            }
-        }
+        let Stickiness {
+            target,
+            first: sticky_index,
+            forced,
+        } = stick(pool, &mut request)?;
         let client_upgrade = self.prepare(&mut request, host, snapshot);
         let retry = &pool.config.retry;
         // A request can be sent again when tandem holds all of it: no body, or a small one read
@@ -293,6 +226,54 @@ impl ProxyService {
         }
     }
 
+    /// The pool that serves `request` (by Host, or the target's authority, which then also
+    /// becomes the forwarded Host) and that Host, after the target-length check.
+    fn choose_pool<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        request: &mut Request<Incoming>,
+    ) -> Result<(&'s Arc<Pool>, Option<HeaderValue>), ProxyError> {
+        let target_length = request
+            .uri()
+            .path_and_query()
+            .map_or(0, |pq| pq.as_str().len());
+        if target_length > snapshot.max_uri_length {
+            return Err(ProxyError::UriTooLong {
+                length: target_length,
+                limit: snapshot.max_uri_length,
+            });
+        }
+        // The authority of an absolute-form target (and HTTP/2's :authority) overrides Host
+        // (RFC 9112 §3.2.2); the request is forwarded with that authority as its Host.
+        let host = match request.uri().authority() {
+            Some(authority) => {
+                let value = HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("request authority is not a valid Host"))?;
+                request.headers_mut().insert(HOST, value.clone());
+                Some(value)
+            }
+            None => request.headers().get(HOST).cloned(),
+        };
+        let host_name = match &host {
+            Some(value) => normalize_host(
+                value
+                    .to_str()
+                    .map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?,
+            ),
+            None if request.version() == Version::HTTP_11 => {
+                return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+            }
+            None => String::new(),
+        };
+        let pool_index = snapshot
+            .routes
+            .lookup(&host_name, request.uri().path())
+            .ok_or_else(|| ProxyError::NoPool {
+                host: host_name.clone(),
+            })?;
+        Ok((&snapshot.pools[pool_index], host))
+    }
+
     /// Rewrites `request`'s head for any backend: hop-by-hop headers out, X-Forwarded-* in,
     /// HTTP/1.1. Returns the client side of a requested protocol switch.
     fn prepare(
@@ -324,6 +305,62 @@ impl ProxyService {
         );
         client_upgrade
     }
+}
+
+/// The sticky session a request belongs to, as `forward` uses it.
+struct Stickiness {
+    /// The session and the backend that owns it, if the request names one this pool knows.
+    target: Option<StickyTarget>,
+    /// The backend for the first attempt: the owner, if it can serve the session.
+    first: Option<usize>,
+    /// `sticky.force`: the session never moves (no failover, no retry elsewhere).
+    forced: bool,
+}
+
+/// Finds `request`'s sticky session in `pool` and prepares the request for it: tandem's own
+/// insert-mode cookie is removed, and a taken-over session's id is rewritten to the one the
+/// backends know. With `sticky.force`, a session whose owner cannot serve it is a 503.
+fn stick(pool: &Pool, request: &mut Request<Incoming>) -> Result<Stickiness, ProxyError> {
+    let sticky = pool.config.sticky.as_ref();
+    let target = sticky.and_then(|sticky| {
+        let ids = sticky::session_ids(request.headers(), request.uri().path(), sticky);
+        pool.sticky_target(&ids, sticky)
+    });
+    let first = target
+        .as_ref()
+        .map(|t| t.owner)
+        .filter(|&i| pool.backends[i].takes_sticky_work());
+    // With sticky.force a session never moves: no failover, no retry elsewhere.
+    let forced = target.is_some() && sticky.is_some_and(|sticky| sticky.force);
+    if forced && first.is_none() {
+        return Err(ProxyError::SessionBackendUnavailable {
+            pool: pool.name.to_string(),
+        });
+    }
+    if let Some(sticky) = sticky.filter(|sticky| sticky.mode == StickyMode::Insert) {
+        // tandem's own affinity cookie is not the backend's business.
+        for name in &sticky.cookies {
+            sticky::remove_cookie(request.headers_mut(), name);
+        }
+    }
+    if let Some(StickyTarget {
+        id,
+        cookie: Some(cookie),
+        backend_id: Some(backend_id),
+        ..
+    }) = &target
+    {
+        // After a takeover the client holds `<base>.<new route>`; the backends know the
+        // session by the id it had when it was replicated.
+        if id != backend_id {
+            sticky::rewrite_cookie(request.headers_mut(), cookie, id, backend_id);
+        }
+    }
+    Ok(Stickiness {
+        target,
+        first,
+        forced,
+    })
 }
 
 /// Points `request` at `backend`: an absolute URI naming it, the path and query kept.
@@ -364,7 +401,7 @@ fn relay(
 
 /// Request bodies up to this size, with a Content-Length, are read before the first attempt so
 /// that the request can be retried; larger ones stream.
-const MAX_REPLAY_BODY: u64 = 64 * 1024;
+const MAX_REPLAY_BODY: u64 = 16 * 1024;
 
 /// A request tandem holds whole, so that it can be sent again: its method, target, prepared
 /// headers and body.
