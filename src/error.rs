@@ -3,6 +3,12 @@
 
 use http::StatusCode;
 
+/// nginx's non-standard status for a request whose client went away before the answer.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is a valid status code"),
+};
+
 /// Why tandem answered a request itself instead of relaying a backend's response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -34,6 +40,10 @@ pub enum ProxyError {
         /// The configured limit.
         limit: usize,
     },
+    /// The client's request body broke off while it was being relayed (logged as nginx's 499;
+    /// the client is usually gone). Not the backend's fault.
+    #[error("the client's request body broke off: {0}")]
+    ClientAborted(String),
     /// The client did not send its (small, buffered) request body in time (408).
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
@@ -65,6 +75,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientAborted(_) => CLIENT_CLOSED_REQUEST,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -80,6 +91,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => "414 URI Too Long\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::BodyTimeout(_) => "408 Request Timeout\n",
+            ProxyError::ClientAborted(_) => "499 Client Closed Request\n",
             ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 "502 Bad Gateway: the server failed\n"
             }
@@ -89,11 +101,25 @@ impl ProxyError {
         }
     }
 
+    /// Whether the backend is to blame, so that passive checks count it against the backend.
+    pub fn blames_backend(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_)
+                | ProxyError::ConnectTimeout(_)
+                | ProxyError::Timeout(_)
+                | ProxyError::Upstream(_)
+        )
+    }
+
     /// Whether the client connection should be closed after this response (its framing may be off).
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::UriTooLong { .. } | ProxyError::BodyTimeout(_)
+            ProxyError::BadRequest(_)
+                | ProxyError::UriTooLong { .. }
+                | ProxyError::BodyTimeout(_)
+                | ProxyError::ClientAborted(_)
         )
     }
 }

@@ -176,3 +176,49 @@ async fn a_small_post_whose_backend_refuses_is_retried_with_its_body() {
         assert_eq!(answer.body, "10000", "the retried POST arrived whole");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_aborts_its_upload_does_not_count_against_the_backend() {
+    let first = Backend::start("first").await;
+    let second = Backend::start("second").await;
+    let passive = "[pool.passive]\nmax_fails = 1\nrecover_after = \"60s\"\n";
+    let tandem = Tandem::start(&config(&pool(
+        "web",
+        "round_robin",
+        passive,
+        &[&first, &second],
+    )));
+    // Half of a declared 1 MB body, then the client goes away.
+    let mut stream = tokio::net::TcpStream::connect(tandem.address)
+        .await
+        .unwrap();
+    let head = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &vec![b'x'; 500_000])
+        .await
+        .unwrap();
+    let until = Instant::now() + DEADLINE;
+    while first.open.load(Ordering::SeqCst) + second.open.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < until, "the upload never reached a backend");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(stream);
+    let line = tandem.wait_access("path=/upload");
+    assert!(
+        line.contains("status=499"),
+        "logged as the client's doing: {line}"
+    );
+    // Both backends still take requests: neither was ejected for the client's abort.
+    let client = client();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&client, &tandem.url("/")).await.body);
+    }
+    assert_eq!(
+        tally(answers.iter().map(String::as_str)).len(),
+        2,
+        "{answers:?}"
+    );
+}

@@ -196,7 +196,13 @@ impl ProxyService {
                     return relay(response, in_flight, client_upgrade, backend);
                 }
                 Err(error) => {
-                    backend.record_failure(&pool.config.passive, &pool.name, &error.to_string());
+                    if error.blames_backend() {
+                        backend.record_failure(
+                            &pool.config.passive,
+                            &pool.name,
+                            &error.to_string(),
+                        );
+                    }
                     tried.push(index);
                     let next = if replay.is_some()
                         && !forced

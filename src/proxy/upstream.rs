@@ -77,7 +77,8 @@ impl Upstream {
 }
 
 /// Maps a client error to 502 or 504: a connect that timed out is a timeout, any other connect
-/// failure or a broken exchange is a bad gateway.
+/// failure or a broken exchange is a bad gateway; a request body that broke on the client's
+/// side is the client's doing.
 fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
     let described = chain(error);
     if error.is_connect() {
@@ -92,6 +93,18 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
             source = inner.source();
         }
         return ProxyError::Connect(described);
+    }
+    // hyper calls a failure of the request body it was relaying a "user" error: here that is
+    // the client's body stream breaking (the client went away mid-upload), not the backend.
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if inner
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return ProxyError::ClientAborted(described);
+        }
+        source = inner.source();
     }
     ProxyError::Upstream(described)
 }
