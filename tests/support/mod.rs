@@ -503,7 +503,11 @@ impl Tandem {
             let _ = child.kill();
             panic!("tandem did not start listening:\n{}", stderr.all());
         };
-        let address = listening_address(&line).unwrap_or_else(|| panic!("no address in {line}"));
+        let Some(address) = listening_address(&line) else {
+            // No `Tandem` owns the child yet, so nothing else would stop it.
+            let _ = child.kill();
+            panic!("no address in {line}");
+        };
         Tandem {
             child,
             address,
