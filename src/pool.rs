@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use http::uri::Authority;
 
-use crate::balancer::Candidates;
-use crate::balancer::{self, Select};
+use crate::balancer::{self, Candidates, Select};
 use crate::config::{
     BackendConfig, BackendState, PassiveConfig, PoolConfig, StickyConfig, StickyMode,
 };
@@ -46,12 +45,6 @@ pub struct BackendLive {
     /// [`clock_ms`] when the backend last came back (health UP, ejection over), for slow start;
     /// 0 when it is not ramping up.
     back_since_ms: AtomicU64,
-}
-
-impl Default for BackendLive {
-    fn default() -> Self {
-        BackendLive::new(true)
-    }
 }
 
 impl BackendLive {
@@ -211,7 +204,8 @@ pub struct Pool {
     by_route: HashMap<String, usize>,
     /// Tokens for retries, filled by each request.
     pub retry_budget: RetryBudget,
-    /// Sessions whose route was taken over; kept across reloads.
+    /// Where sessions live when their id does not say (takeovers, learned ids); kept across
+    /// reloads.
     pub sticky_table: Arc<StickyTable>,
     /// How the backends set their session cookies; kept across reloads.
     pub cookie_templates: Arc<CookieTemplates>,
@@ -290,9 +284,10 @@ impl Pool {
     }
 
     /// The session a request belongs to and the backend that owns it: for the first of `ids`
-    /// whose session is in the sticky table (taken over, or learned), or whose route (in `route`
-    /// mode; in `insert` mode, once its signature is verified) names a backend of this pool, whether or not that backend can serve it now (the
-    /// caller fails over and records the move).
+    /// whose session is in the sticky table (taken over, or learned), or whose route (in
+    /// `route` mode; in `insert` mode, once its signature verifies) names a backend of this
+    /// pool, whether or not that backend can serve it now (the caller fails over and records
+    /// the move).
     pub fn sticky_target(
         &self,
         ids: &[SessionId<'_>],
@@ -300,7 +295,9 @@ impl Pool {
     ) -> Option<StickyTarget> {
         ids.iter().find_map(|id| {
             let key = sticky::session_key(id.value, sticky);
-            let placed = self.sticky_table.get(key).and_then(|placement| {
+            // Insert mode never records placements (its cookie carries the route): no lookup.
+            let recorded = (sticky.mode != StickyMode::Insert).then(|| self.sticky_table.get(key));
+            let placed = recorded.flatten().and_then(|placement| {
                 Some((
                     *self.by_route.get(&placement.route)?,
                     Some(placement.backend_id),

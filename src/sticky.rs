@@ -10,6 +10,10 @@ use sha2::Sha256;
 
 use crate::config::{StickyConfig, StickyMode};
 
+/// Most session ids looked at per request: a request carrying thousands of session cookies
+/// (a flood, or a confused client) costs no more than one carrying a few.
+const MAX_SESSION_IDS: usize = 8;
+
 /// A session id found in a request, and where: the cookie it came in, or the URL (`None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionId<'r> {
@@ -28,10 +32,16 @@ pub fn session_ids<'r>(
 ) -> Vec<SessionId<'r>> {
     let mut ids = Vec::new();
     for name in &sticky.cookies {
+        if ids.len() >= MAX_SESSION_IDS {
+            break;
+        }
         for header in headers.get_all(COOKIE) {
             let Ok(text) = header.to_str() else { continue };
             for cookie in Cookie::split_parse(text).flatten() {
                 if cookie.name_raw() == Some(name.as_str()) {
+                    if ids.len() >= MAX_SESSION_IDS {
+                        break;
+                    }
                     let value = cookie.value_raw().filter(|v| !v.is_empty());
                     ids.extend(value.map(|value| SessionId {
                         value,
@@ -260,6 +270,18 @@ mod tests {
             ids.iter().map(|id| id.value).collect::<Vec<_>>(),
             vec!["a.n1"]
         );
+    }
+
+    #[test]
+    fn a_flood_of_session_cookies_is_cut_to_a_few() {
+        let flood: String = (0..2000).map(|i| format!("JSESSIONID=S{i}.x; ")).collect();
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_str(&flood).unwrap());
+        headers.append(COOKIE, HeaderValue::from_static("JSESSIONID=late.tc1"));
+        let sticky = tomcat();
+        let ids = session_ids(&headers, "/", &sticky);
+        assert_eq!(ids.len(), MAX_SESSION_IDS);
+        assert_eq!(ids[0].value, "S0.x");
     }
 
     #[test]

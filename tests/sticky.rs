@@ -52,6 +52,13 @@ async fn the_url_form_sticks_too() {
             "c"
         );
     }
+    // The session id itself never lands in the access log.
+    tandem.wait_access("path=/shop/cart;jsessionid=-");
+    assert!(
+        !tandem.access_log().contains("77AB"),
+        "{}",
+        tandem.access_log()
+    );
 }
 
 #[tokio::test]

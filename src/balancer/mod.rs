@@ -121,7 +121,7 @@ pub(crate) mod test_support {
                         redirect: None,
                     },
                     authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                    live: Arc::new(BackendLive::default()),
+                    live: Arc::new(BackendLive::new(true)),
                 })
             })
             .collect()

@@ -59,7 +59,7 @@ impl ProxyService {
             started: Instant::now(),
             client: self.client,
             method: request.method().clone(),
-            path: request.uri().path().to_string(),
+            path: loggable_path(request.uri().path()),
             version: request.version(),
             status: StatusCode::OK,
             pool: None,
@@ -405,6 +405,34 @@ fn relay(
     Ok((response, in_flight))
 }
 
+/// The request path as the logs show it: path parameter values (`;jsessionid=...`) become
+/// `-`, so that a session id never lands in a log file.
+fn loggable_path(path: &str) -> String {
+    if !path.contains(';') {
+        return path.to_string();
+    }
+    let segments: Vec<String> = path
+        .split('/')
+        .map(|segment| {
+            let mut parts = segment.split(';');
+            let mut shown = parts.next().unwrap_or("").to_string();
+            for parameter in parts {
+                shown.push(';');
+                shown.push_str(
+                    parameter
+                        .split_once('=')
+                        .map_or(parameter, |(name, _)| name),
+                );
+                if parameter.contains('=') {
+                    shown.push_str("=-");
+                }
+            }
+            shown
+        })
+        .collect();
+    segments.join("/")
+}
+
 /// Request bodies up to this size, with a Content-Length, are read before the first attempt so
 /// that the request can be retried; larger ones stream.
 const MAX_REPLAY_BODY: u64 = 16 * 1024;
@@ -554,5 +582,23 @@ fn settle_session(
         if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
             response.headers_mut().append(SET_COOKIE, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    #[test]
+    fn session_ids_in_path_parameters_never_reach_the_logs() {
+        assert_eq!(loggable_path("/shop/cart"), "/shop/cart");
+        assert_eq!(
+            loggable_path("/shop/cart;jsessionid=8F3A.tc1"),
+            "/shop/cart;jsessionid=-"
+        );
+        assert_eq!(
+            loggable_path("/a;v=1;flag/b;jsessionid=X"),
+            "/a;v=-;flag/b;jsessionid=-"
+        );
     }
 }
