@@ -9,6 +9,9 @@ command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 # tests/tomcat.rs: two real Tomcat 10 nodes, and javac for its test servlet.
 [ -f /usr/share/tomcat10/bin/bootstrap.jar ] || need_apt+=(tomcat10)
 command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+# tests/cart_examples.rs: the Python and Node shopping-cart examples.
+command -v python3 >/dev/null || need_apt+=(python3)
+command -v node >/dev/null || need_apt+=(nodejs)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tandem's tests need: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}" >&2

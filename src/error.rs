@@ -62,6 +62,10 @@ pub enum ProxyError {
     /// The backend broke the exchange: reset, closed early, or answered nonsense (502).
     #[error("the backend failed: {0}")]
     Upstream(String),
+    /// The backend's session update was refused and not applied (502 unless
+    /// `session.on_invalid_update = "pass"`): the backend believes it stored what was not.
+    #[error("the backend's session update was refused: {0}")]
+    SessionUpdate(crate::session::Rejection),
 }
 
 impl ProxyError {
@@ -76,7 +80,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientAborted(_) => CLIENT_CLOSED_REQUEST,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::SessionUpdate(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -94,6 +100,9 @@ impl ProxyError {
             ProxyError::ClientAborted(_) => "499 Client Closed Request\n",
             ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 "502 Bad Gateway: the server failed\n"
+            }
+            ProxyError::SessionUpdate(_) => {
+                "502 Bad Gateway: the server's session update could not be stored\n"
             }
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => {
                 "504 Gateway Timeout: the server did not answer in time\n"

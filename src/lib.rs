@@ -1,6 +1,7 @@
 //! tandem: an HTTP reverse-proxy load balancer.
 //!
 //! Code map (ARCHITECTURE.md has the path of one request and the invariants):
+//! - [`app`]: a whole tandem (listeners, session store, runtime) as `main` and tests start it.
 //! - [`config`]: the TOML file, validated into a typed `Config` with located errors.
 //! - [`server`]: listeners, connection cap, HTTP/1.1 + h2c, idle timeout, graceful drain.
 //! - [`proxy`]: the per-request pipeline, header hygiene, the upstream client, upgrades.
@@ -14,14 +15,20 @@
 //! - [`runtime`]: the current snapshot of routes and pools, swapped on reload.
 //! - [`error`]: the only map from a failure to an HTTP response.
 //! - [`logging`]: application and access logs.
+//! - [`session`]: the proxy-mode session store and its contract with backends.
+//! - [`admin`]: the admin listener: health, metrics, the session API.
+//! - [`metrics`]: the Prometheus registry and what records into it.
 
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod app;
 pub mod balancer;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod placement;
 pub mod pool;
 pub mod proxy;
@@ -29,4 +36,5 @@ pub mod retry;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod session;
 pub mod sticky;

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
+use tandem::app::App;
 use tandem::config::Config;
+use tandem::logging;
 use tandem::runtime::Runtime;
-use tandem::{logging, server};
+use tandem::session::clock::SystemClock;
 
 /// Exit status for an invalid config file (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -82,8 +84,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: &Path, config: Config) -> ExitCode {
-    let listeners = match server::bind(&config.listen.addresses).await {
-        Ok(listeners) => listeners,
+    let app = match App::bind(config, Arc::new(SystemClock)).await {
+        Ok(app) => app,
         Err(error) => {
             tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
@@ -100,27 +102,22 @@ async fn run(path: &Path, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for listener in &listeners {
-        if let Ok(address) = listener.local_addr() {
-            tracing::info!(%address, "listening");
-        }
+    for address in app.public_addresses() {
+        tracing::info!(%address, "listening");
     }
-    let limits = config.listen.clone();
-    let runtime = Arc::new(Runtime::new(config));
-    tokio::spawn(reload_on_hangup(
-        hangup,
-        path.to_path_buf(),
-        Arc::clone(&runtime),
-    ));
+    if let Some(address) = app.admin_address() {
+        tracing::info!(admin_address = %address, "admin listener ready");
+    }
+    tokio::spawn(reload_on_hangup(hangup, path.to_path_buf(), app.runtime()));
     let shutdown = async {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
-    // The issue of a drain that ran out of time is logged by `serve`; either way the exit is
-    // clean, as an orchestrator expects after SIGTERM.
-    let drained = server::serve(listeners, runtime, &limits, shutdown).await;
+    // A drain that ran out of time is logged by `serve`; either way the exit is clean, as an
+    // orchestrator expects after SIGTERM.
+    let drained = app.serve(shutdown).await;
     tracing::info!(all_connections_finished = drained, "stopped");
     ExitCode::SUCCESS
 }

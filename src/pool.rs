@@ -324,6 +324,11 @@ impl Pool {
         })
     }
 
+    /// The backend whose route is `route`, if this pool has one.
+    pub fn backend_by_route(&self, route: &str) -> Option<usize> {
+        self.by_route.get(route).copied()
+    }
+
     /// Picks a backend (an index into `backends`) for an attempt by `client`, other than those
     /// in `exclude`; `None` when none is usable. Primaries first, then backups; when passive
     /// checks have ejected every one of them, they are tried anyway, in the same order.

@@ -9,8 +9,10 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ForwardedConfig};
 use crate::health::HealthChecks;
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::routes::RouteTable;
+use crate::session::SessionStore;
 
 /// Everything the request path reads, built from one config.
 pub struct Snapshot {
@@ -47,22 +49,33 @@ impl Snapshot {
     }
 }
 
-/// The current snapshot, shared by all connections, and the health checks of its pools.
+/// The current snapshot, shared by all connections, the health checks of its pools, and what
+/// lives as long as the process (the session store, the metrics).
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
     /// Replaced with the snapshot on reload; dropping the old value stops the old checks.
     health: Mutex<Option<HealthChecks>>,
+    /// The session store in `proxy` mode; kept across reloads.
+    pub sessions: Option<Arc<SessionStore>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
     /// A runtime serving `config`, with its health checks running. Must be called inside a
     /// tokio runtime.
-    pub fn new(config: Config) -> Runtime {
+    pub fn new(
+        config: Config,
+        sessions: Option<Arc<SessionStore>>,
+        metrics: Arc<Metrics>,
+    ) -> Runtime {
         let snapshot = Snapshot::build(config, None);
         let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools)));
         Runtime {
             current: ArcSwap::from_pointee(snapshot),
             health,
+            sessions,
+            metrics,
         }
     }
 
@@ -71,8 +84,8 @@ impl Runtime {
         self.current.load_full()
     }
 
-    /// Switches to `config` for new requests. Listener and log settings are bound at start; a
-    /// change to them is returned as a warning and takes effect on restart.
+    /// Switches to `config` for new requests. Listener, log, session and admin settings are bound
+    /// at start; a change to them is returned as a warning and takes effect on restart.
     pub fn reload(&self, config: Config) -> Vec<String> {
         let previous = self.current.load_full();
         let mut warnings = Vec::new();
@@ -92,6 +105,12 @@ impl Runtime {
         }
         if previous.config.log != config.log {
             warnings.push("[log] changed: log settings apply after a restart".to_string());
+        }
+        if previous.config.session != config.session {
+            warnings.push("[session] changed: session settings apply after a restart".to_string());
+        }
+        if previous.config.admin != config.admin {
+            warnings.push("[admin] changed: admin settings apply after a restart".to_string());
         }
         let snapshot = Arc::new(Snapshot::build(config, Some(&previous)));
         let checks = HealthChecks::start(&snapshot.pools);

@@ -276,3 +276,51 @@ address = "127.0.0.1:9001"
         "{stderr}"
     );
 }
+
+#[test]
+fn session_and_admin_keys_are_checked() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080"]
+[session]
+mode = "stateless"
+separator = "-"
+header_prefix = "x tandem"
+idle_timeout = "2h"
+absolute_timeout = "1h"
+max_attribute_bytes = "64KiB"
+max_sessions = 0
+on_invalid_update = "ignore"
+[session.cookie]
+name = "my session"
+path = "shop"
+secure = "maybe"
+same_site = "sometimes"
+[admin]
+address = "127.0.0.1:8080"
+token = "short"
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    assert_errors_at(
+        &stderr,
+        &[
+            ("bad.toml:4:", "session.mode"),
+            ("bad.toml:5:", "session.separator"),
+            ("bad.toml:6:", "session.header_prefix"),
+            ("bad.toml:7:", "session.idle_timeout"),
+            ("bad.toml:9:", "session.max_attribute_bytes"),
+            ("bad.toml:10:", "session.max_sessions"),
+            ("bad.toml:11:", "session.on_invalid_update"),
+            ("bad.toml:13:", "session.cookie.name"),
+            ("bad.toml:14:", "session.cookie.path"),
+            ("bad.toml:15:", "session.cookie.secure"),
+            ("bad.toml:16:", "session.cookie.same_site"),
+            ("bad.toml:19:", "admin.token"),
+            ("bad.toml", "admin.address"),
+        ],
+    );
+}

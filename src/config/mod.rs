@@ -5,6 +5,7 @@
 //! complete list. A `Config` that exists is valid: the rest of tandem never re-checks it.
 
 mod raw;
+mod session;
 mod units;
 
 use std::collections::HashSet;
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use toml::Spanned;
+
+pub use session::{AdminConfig, InvalidUpdate, SessionConfig, SessionCookieConfig, SessionMode};
 
 use raw::{RawBackend, RawConfig, RawHealth, RawPassive, RawPool, RawRetry, RawSize, RawSticky};
 
@@ -30,6 +33,10 @@ pub struct Config {
     pub forwarded: ForwardedConfig,
     /// `[[pool]]`s in file order; route-table indexes refer to this order.
     pub pools: Vec<PoolConfig>,
+    /// `[session]`: who owns sessions, and the proxy-mode store.
+    pub session: SessionConfig,
+    /// `[admin]`: the internal listener; `None` without the table.
+    pub admin: Option<AdminConfig>,
 }
 
 /// The public listeners and the limits each client connection is held to.
@@ -519,11 +526,21 @@ impl Checker<'_> {
             }
             pools.push(pool);
         }
+        let session = self.session(raw.session);
+        let admin = self.admin(raw.admin);
+        if let Some(admin) = &admin {
+            if admin.address.port() != 0 && listen.addresses.contains(&admin.address) {
+                let message = format!("{} is also a public listener", admin.address);
+                self.error(None, "admin.address", message);
+            }
+        }
         Config {
             listen,
             log,
             forwarded,
             pools,
+            session,
+            admin,
         }
     }
 

@@ -17,6 +17,56 @@ pub struct RawConfig {
     pub forwarded: RawForwarded,
     #[serde(default)]
     pub pool: Vec<RawPool>,
+    pub session: Option<RawSession>,
+    pub admin: Option<RawAdmin>,
+}
+
+/// `[session]`: who owns sessions, and the proxy-mode store's cookie, contract and limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    pub mode: Option<Spanned<String>>,
+    pub separator: Option<Spanned<String>>,
+    pub header_prefix: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub absolute_timeout: Option<Spanned<String>>,
+    pub max_idle_timeout: Option<Spanned<String>>,
+    pub max_absolute_timeout: Option<Spanned<String>>,
+    pub max_sessions: Option<Spanned<i64>>,
+    pub max_attributes: Option<Spanned<i64>>,
+    pub max_attribute_bytes: Option<Spanned<RawSize>>,
+    pub max_session_bytes: Option<Spanned<RawSize>>,
+    pub on_invalid_update: Option<Spanned<String>>,
+    pub snapshot: Option<Spanned<String>>,
+    pub cookie: Option<RawSessionCookie>,
+}
+
+/// `[session.cookie]`: the cookie tandem issues in proxy mode.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessionCookie {
+    pub name: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub domain: Option<Spanned<String>>,
+    pub secure: Option<Spanned<RawSecure>>,
+    pub http_only: Option<bool>,
+    pub same_site: Option<Spanned<String>>,
+}
+
+/// `secure = true | false | "auto"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSecure {
+    Flag(bool),
+    Text(String),
+}
+
+/// `[admin]`: the internal listener (metrics, session API).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Spanned<String>,
+    pub token: Option<Spanned<String>>,
 }
 
 /// `[listen]`: the public listeners and the limits every client connection is held to.

@@ -13,20 +13,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
-use crate::config::{StickyConfig, StickyMode};
+use crate::config::{InvalidUpdate, StickyConfig, StickyMode};
 use crate::error::ProxyError;
 use crate::placement::Placement;
 use crate::pool::{Backend, InFlight, Pool, StickyTarget};
 use crate::routes::normalize_host;
 use crate::runtime::{Runtime, Snapshot};
 use crate::server::OpenRequest;
-use crate::{retry, sticky};
+use crate::session::cookie as session_cookie;
+use crate::session::{CookieChange, Current, SessionStore};
+use crate::{retry, session, sticky};
 use body::{Completion, RequestBody, ResponseBody};
 
 /// The per-connection service: what hyper calls for each request on one client connection.
@@ -113,6 +115,9 @@ impl ProxyService {
         mut request: Request<Incoming>,
         completion: &mut Completion,
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+        let store = self.runtime.sessions.as_deref();
+        // A client never speaks for tandem: its session headers go before anything is read.
+        let session = store.and_then(|store| open_session(store, request.headers_mut()));
         let (pool, host) = self.choose_pool(snapshot, &mut request)?;
         completion.pool = Some(Arc::clone(&pool.name));
         pool.retry_budget.deposit();
@@ -122,7 +127,21 @@ impl ProxyService {
             first: sticky_index,
             forced,
         } = stick(pool, &mut request)?;
+        // In proxy mode a session's route is an affinity hint (in `route` sticky mode): any
+        // backend can serve the session, the one that served it last is preferred.
+        let affine = sticky.is_some_and(|sticky| sticky.mode == StickyMode::Route);
+        let session_owner = session
+            .as_ref()
+            .filter(|_| affine && target.is_none())
+            .and_then(|current| pool.backend_by_route(&current.route));
+        let sticky_index = sticky_index
+            .or_else(|| session_owner.filter(|&index| pool.backends[index].takes_sticky_work()));
         let client_upgrade = self.prepare(&mut request, host, snapshot);
+        if let (Some(store), Some(current)) = (store, &session) {
+            store
+                .headers()
+                .attach(request.headers_mut(), &current.id, current.data.clone());
+        }
         let retry = &pool.config.retry;
         // A request can be sent again when tandem holds all of it: no body, or a small one read
         // beforehand (nginx's request buffering). A larger body streams and is sent once.
@@ -141,7 +160,7 @@ impl ProxyService {
         };
         let mut tried: Vec<usize> = Vec::new();
         // A session whose owner cannot serve it fails over in mod_jk's order.
-        let owner = target.as_ref().map(|t| t.owner);
+        let owner = target.as_ref().map(|t| t.owner).or(session_owner);
         let choose = |tried: &[usize]| match owner {
             Some(owner) if tried.is_empty() || tried.contains(&owner) => {
                 pool.failover(owner, self.client.ip(), tried)
@@ -183,6 +202,16 @@ impl ProxyService {
                         backend.record_success();
                     }
                     let mut response = response;
+                    if let Some(store) = store {
+                        let settled = SessionOutcome {
+                            store,
+                            current: session.as_ref(),
+                            served_route: &backend.config.route,
+                            affine,
+                            tls: self.scheme == "https",
+                        };
+                        settled.apply(&mut response, backend)?;
+                    }
                     if let Some(sticky) = sticky {
                         settle_session(
                             pool,
@@ -367,6 +396,75 @@ fn stick(pool: &Pool, request: &mut Request<Incoming>) -> Result<Stickiness, Pro
         first,
         forced,
     })
+}
+
+/// Proxy mode, on the way in: removes every session header the client sent and tandem's
+/// session cookie (the backend gets the session in headers), and opens the session the cookie
+/// names, if it is live. An id the store does not know is never adopted.
+fn open_session(store: &SessionStore, headers: &mut HeaderMap) -> Option<Current> {
+    store.headers().strip(headers);
+    let config = store.config();
+    let current = session_cookie::candidates(headers, config)
+        .into_iter()
+        .find_map(|(id, _route)| store.open(id));
+    if headers.contains_key(COOKIE) {
+        sticky::remove_cookie(headers, &config.cookie.name);
+    }
+    current
+}
+
+/// Proxy mode, on the way out: what a backend's response does to the session.
+struct SessionOutcome<'a> {
+    store: &'a SessionStore,
+    current: Option<&'a Current>,
+    served_route: &'a str,
+    affine: bool,
+    tls: bool,
+}
+
+impl SessionOutcome<'_> {
+    /// Takes the backend's session headers out of `response`, applies the update and sets or
+    /// clears the client's cookie. A refused update is logged and counted, and answered with
+    /// 502 unless `on_invalid_update = "pass"`.
+    fn apply(
+        &self,
+        response: &mut Response<Incoming>,
+        backend: &Backend,
+    ) -> Result<(), ProxyError> {
+        let config = self.store.config();
+        let rerouted = self.affine
+            && self
+                .current
+                .is_some_and(|current| *current.route != *self.served_route);
+        let settled = self.store.settle(
+            self.current,
+            response.headers_mut(),
+            self.served_route,
+            rerouted,
+        );
+        let change = match settled {
+            Ok(change) => change,
+            Err(rejection) => {
+                tracing::warn!(
+                    backend = %backend.config.address,
+                    session = %self.current.map_or("(none)".into(), |c| session::log_ref(&c.id)),
+                    reason = %rejection,
+                    "session update refused, nothing of it applied"
+                );
+                return match config.on_invalid_update {
+                    InvalidUpdate::Reject => Err(ProxyError::SessionUpdate(rejection)),
+                    InvalidUpdate::Pass => Ok(()),
+                };
+            }
+        };
+        let header = match change {
+            CookieChange::Keep => return Ok(()),
+            CookieChange::Set { id, route } => session_cookie::set(config, &id, &route, self.tls),
+            CookieChange::Clear => session_cookie::clear(config, self.tls),
+        };
+        response.headers_mut().append(SET_COOKIE, header);
+        Ok(())
+    }
 }
 
 /// Points `request` at `backend`: an absolute URI naming it, the path and query kept.

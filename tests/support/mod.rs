@@ -247,6 +247,10 @@ impl BackendState {
                     .insert("set-cookie", cookie.parse().unwrap());
                 response
             }
+            // The proxy-mode session contract: answers what session tandem handed over, and
+            // sends back as response headers whatever the client asked for in
+            // `x-respond-<name>` headers (raw bytes: valid, malformed, non-ASCII).
+            "/session" => session_echo(&self.name, &request),
             "/hop-by-hop" => {
                 let mut response = text("hop");
                 let headers = response.headers_mut();
@@ -265,6 +269,40 @@ impl BackendState {
             .insert("x-backend", self.name.parse().unwrap());
         response
     }
+}
+
+/// What `/session` answers: `{"backend", "id", "data", "received"}` (`received`: the names of
+/// the `x-tandem*` headers that arrived), with each `x-respond-<name>` request header sent
+/// back as `<name>`, and the status from `?status=N` (200 by default).
+fn session_echo(name: &str, request: &Request<Incoming>) -> Response<TestBody> {
+    let headers = request.headers();
+    let data = headers.get("x-tandem-session-data").map(|value| {
+        let text = value.to_str().expect("session data is ASCII");
+        serde_json::from_str::<serde_json::Value>(text).expect("session data is JSON")
+    });
+    let received: Vec<&str> = headers
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| name.starts_with("x-tandem"))
+        .collect();
+    let body = serde_json::json!({
+        "backend": name,
+        "id": headers.get("x-tandem-session-id").map(|v| v.to_str().unwrap()),
+        "data": data,
+        "received": received,
+    });
+    let mut response = text(&body.to_string());
+    for (header, value) in headers {
+        if let Some(respond) = header.as_str().strip_prefix("x-respond-") {
+            let name = http::HeaderName::from_bytes(respond.as_bytes()).unwrap();
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    let status = query_number(request, "status");
+    if status != 0 {
+        *response.status_mut() = StatusCode::from_u16(status as u16).unwrap();
+    }
+    response
 }
 
 /// The JSESSIONID a request carries, if any.
@@ -522,6 +560,20 @@ impl Tandem {
         format!("http://{}{}", self.address, path)
     }
 
+    /// The admin listener's address, from its log line.
+    pub fn admin_address(&self) -> SocketAddr {
+        let line = self.wait_log("admin listener ready");
+        let start = line.find("admin_address=").expect("admin address logged") + 14;
+        let rest = &line[start..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest[..end].parse().expect("admin address")
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_address(), path)
+    }
+
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
@@ -653,6 +705,13 @@ pub fn h2c_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(HttpConnector::new())
+}
+
+/// A request body holding `text`.
+pub fn full(text: &str) -> TestBody {
+    Full::new(Bytes::from(text.to_string()))
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> TestBody {

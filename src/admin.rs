@@ -1,0 +1,246 @@
+//! The admin listener: `/healthz`, `/metrics`, and the session API, for tools outside the
+//! request path and for sessions too large for headers. Separate from the public listeners and
+//! meant for loopback or a private network; the session API also needs the bearer token.
+//!
+//! Session API (JSON; `Authorization: Bearer <admin.token>`, 401 without it):
+//! - `GET /api/sessions?limit=N&after=ID`: a page of live sessions in id order, without their
+//!   attributes, and `next` (the `after` of the next page, `null` on the last page).
+//! - `GET /api/sessions/ID`: one session with its attributes (404 when not live).
+//! - `PATCH /api/sessions/ID`: apply the body, an RFC 7396 merge patch (422 when refused).
+//! - `DELETE /api/sessions/ID`: invalidate it (204; 404 when not live).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::session::{contract, id, SessionStore};
+
+/// Largest request body the session API reads (a merge patch).
+const MAX_BODY: usize = 1 << 20;
+/// Sessions per listing page: the default and the most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// What the admin endpoints read.
+pub struct Admin {
+    /// The process's metrics.
+    metrics: Arc<Metrics>,
+    /// The session store, in proxy mode.
+    sessions: Option<Arc<SessionStore>>,
+    /// SHA-256 of the bearer token; `None` keeps the session API closed.
+    token_digest: Option<[u8; 32]>,
+}
+
+impl Admin {
+    /// The admin endpoints over `metrics` and `sessions`, the API guarded by `token`.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        sessions: Option<Arc<SessionStore>>,
+        token: Option<&str>,
+    ) -> Admin {
+        Admin {
+            metrics,
+            sessions,
+            token_digest: token.map(|token| Sha256::digest(token.as_bytes()).into()),
+        }
+    }
+
+    /// Accepts admin connections on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let admin = Arc::clone(&self);
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
+        let response = match (request.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+            (&Method::GET, "/metrics") => {
+                let mut response = text(StatusCode::OK, self.metrics.render());
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            (_, path) if path == "/api/sessions" || path.starts_with("/api/sessions/") => {
+                self.session_api(request).await
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        };
+        tracing::debug!(%peer, %path, status = response.status().as_u16(), "admin request");
+        response
+    }
+
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(expected) = &self.token_digest else {
+            return false;
+        };
+        let offered = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        // Digests compared, not tokens: the comparison's time says nothing about the token.
+        offered.is_some_and(|token| Sha256::digest(token.trim().as_bytes()).as_slice() == expected)
+    }
+
+    async fn session_api(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.authorized(&request) {
+            let message = if self.token_digest.is_some() {
+                "a valid bearer token is required"
+            } else {
+                "the session API is closed: set [admin] token"
+            };
+            let mut response = error(StatusCode::UNAUTHORIZED, message);
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        let Some(store) = &self.sessions else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no session store: [session] mode is not proxy",
+            );
+        };
+        let path = request.uri().path().to_string();
+        let Some(rest) = path.strip_prefix("/api/sessions") else {
+            return error(StatusCode::NOT_FOUND, "no such admin endpoint");
+        };
+        if rest.is_empty() || rest == "/" {
+            if request.method() != Method::GET {
+                return error(StatusCode::METHOD_NOT_ALLOWED, "listing is GET only");
+            }
+            return list(store, request.uri().query().unwrap_or(""));
+        }
+        let value = &rest[1..];
+        let Some((session_id, _route)) = id::parse(value, store.config().separator) else {
+            return error(StatusCode::NOT_FOUND, "not a session id tandem issues");
+        };
+        let session_id = session_id.to_string();
+        match *request.method() {
+            Method::GET => match store.get(&session_id) {
+                Some(view) => json(StatusCode::OK, &view),
+                None => error(StatusCode::NOT_FOUND, "no such live session"),
+            },
+            Method::DELETE => {
+                if store.invalidate(&session_id) {
+                    tracing::info!(session = %crate::session::log_ref(&session_id), "session invalidated through the session API");
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    response
+                } else {
+                    error(StatusCode::NOT_FOUND, "no such live session")
+                }
+            }
+            Method::PATCH => {
+                let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(_) => {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "the patch is over 1 MiB or broke off",
+                        )
+                    }
+                };
+                let patch = match contract::parse_patch(&body) {
+                    Ok(patch) => patch,
+                    Err(rejection) => {
+                        return error(StatusCode::UNPROCESSABLE_ENTITY, &rejection.to_string())
+                    }
+                };
+                match store.patch(&session_id, &patch) {
+                    Ok(Some(view)) => json(StatusCode::OK, &view),
+                    Ok(None) => error(StatusCode::NOT_FOUND, "no such live session"),
+                    Err(rejection) => {
+                        error(StatusCode::UNPROCESSABLE_ENTITY, &rejection.to_string())
+                    }
+                }
+            }
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a session takes GET, PATCH or DELETE",
+            ),
+        }
+    }
+}
+
+/// A page of the listing: `limit` (1 to 1000) and `after` from the query string.
+fn list(store: &SessionStore, query: &str) -> Response<Full<Bytes>> {
+    let mut limit = DEFAULT_PAGE;
+    let mut after = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", value)) => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
+                _ => return error(StatusCode::BAD_REQUEST, "limit must be 1 to 1000"),
+            },
+            Some(("after", value)) => after = Some(value.to_string()),
+            _ => return error(StatusCode::BAD_REQUEST, "the listing takes limit and after"),
+        }
+    }
+    let sessions = store.list(after.as_deref(), limit);
+    let next = (sessions.len() == limit)
+        .then(|| sessions.last().map(|view| view.id.clone()))
+        .flatten();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "sessions": sessions, "next": next }),
+    )
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("API values serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

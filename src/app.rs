@@ -1,0 +1,147 @@
+//! A whole tandem process minus its signals: the public and admin listeners, the session store
+//! with its expiry sweeper and snapshot, the metrics and the runtime config. `main` runs one;
+//! tests that need to move the session clock start one in-process on real sockets.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::admin::Admin;
+use crate::config::{Config, ListenConfig, SessionMode};
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::server;
+use crate::session::clock::Clock;
+use crate::session::snapshot::Loaded;
+use crate::session::{ChangeListener, SessionStore};
+
+/// How often expired sessions are swept out of memory (requests never see an expired session
+/// either way: opening one checks its deadline).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A bound, ready tandem.
+pub struct App {
+    runtime: Arc<Runtime>,
+    listeners: Vec<TcpListener>,
+    admin: Option<(TcpListener, Arc<Admin>)>,
+    limits: ListenConfig,
+}
+
+impl App {
+    /// Binds every listener of `config`, builds the session store (reading its snapshot) and
+    /// starts the health checks. Session timeouts run on `clock`.
+    pub async fn bind(config: Config, clock: Arc<dyn Clock>) -> io::Result<App> {
+        let listeners = server::bind(&config.listen.addresses).await?;
+        let admin_listener = match &config.admin {
+            Some(admin) => Some(server::bind(&[admin.address]).await?.remove(0)),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let sessions = (config.session.mode == SessionMode::Proxy).then(|| {
+            let listeners: Vec<Arc<dyn ChangeListener>> = vec![metrics.sessions.clone()];
+            let store = Arc::new(SessionStore::new(&config.session, clock, listeners));
+            if let Some(path) = &config.session.snapshot {
+                match store.load_snapshot(path) {
+                    Loaded::Nothing => {
+                        tracing::info!(file = %path.display(), "no session snapshot; starting empty")
+                    }
+                    Loaded::Sessions(count) => {
+                        tracing::info!(file = %path.display(), sessions = count, "sessions read back from the snapshot")
+                    }
+                    Loaded::Corrupt { reason, moved_to } => tracing::error!(
+                        file = %path.display(),
+                        %reason,
+                        moved_to = %moved_to.as_deref().map_or("(could not be moved)".into(), |p| p.display().to_string()),
+                        "session snapshot unreadable; starting with no sessions"
+                    ),
+                }
+            }
+            store
+        });
+        let admin = admin_listener.map(|listener| {
+            let token = config.admin.as_ref().and_then(|a| a.token.as_deref());
+            let admin = Admin::new(Arc::clone(&metrics), sessions.clone(), token);
+            (listener, Arc::new(admin))
+        });
+        let limits = config.listen.clone();
+        let runtime = Arc::new(Runtime::new(config, sessions, metrics));
+        Ok(App {
+            runtime,
+            listeners,
+            admin,
+            limits,
+        })
+    }
+
+    /// The runtime, for reloads.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(&self.runtime)
+    }
+
+    /// Where the public listeners listen.
+    pub fn public_addresses(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect()
+    }
+
+    /// Where the admin listener listens, if there is one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves, drains, and writes the session snapshot. Returns
+    /// whether every connection finished within the shutdown timeout.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> bool {
+        let admin = self
+            .admin
+            .map(|(listener, admin)| AbortOnDrop(tokio::spawn(admin.serve(listener))));
+        let sessions = self.runtime.sessions.clone();
+        let sweeper = sessions
+            .clone()
+            .map(|store| AbortOnDrop(tokio::spawn(sweep(store))));
+        let drained = server::serve(self.listeners, self.runtime, &self.limits, shutdown).await;
+        drop(sweeper);
+        if let Some(store) = &sessions {
+            if let Some(path) = &store.config().snapshot {
+                match store.write_snapshot(path) {
+                    Ok(count) => {
+                        tracing::info!(file = %path.display(), sessions = count, "session snapshot written")
+                    }
+                    Err(error) => {
+                        tracing::error!(file = %path.display(), %error, "cannot write the session snapshot: the sessions are lost")
+                    }
+                }
+            }
+        }
+        drop(admin);
+        drained
+    }
+}
+
+/// Sweeps expired sessions out of memory, a slice at a time.
+async fn sweep(store: Arc<SessionStore>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        while store.sweep() > 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// A spawned task that stops when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

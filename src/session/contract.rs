@@ -1,0 +1,219 @@
+//! The session headers between tandem and its backends, under one configurable prefix
+//! (`x-tandem-session` by default). README's "Backend contract" documents them for backend
+//! authors; this is the one place that reads or writes them.
+//!
+//! - To the backend: `<prefix>-id` (the session id) and `<prefix>-data` (the attributes, a JSON
+//!   object in printable ASCII), only when the request has a live session.
+//! - From the backend: `<prefix>-patch` (an RFC 7396 merge patch, a JSON object),
+//!   `<prefix>-command` (`invalidate` or `renew`), `<prefix>-idle-timeout` and
+//!   `<prefix>-absolute-timeout` (whole seconds).
+//!
+//! Any header starting with the prefix is removed from what clients send and from what backends
+//! answer, so that a client can neither speak for tandem nor see what backends tell it.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use super::Rejection;
+use crate::config::SessionConfig;
+
+/// What a backend asked of the session in its response.
+#[derive(Debug, Default, PartialEq)]
+pub struct Update {
+    /// Changes to the attributes (RFC 7396).
+    pub patch: Option<Map<String, Value>>,
+    /// Invalidate or renew.
+    pub command: Option<Command>,
+    /// A new idle timeout for this session.
+    pub idle_timeout: Option<Duration>,
+    /// A new absolute timeout for this session (counted from its creation).
+    pub absolute_timeout: Option<Duration>,
+}
+
+impl Update {
+    /// Whether the response asked for nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Update::default()
+    }
+}
+
+/// A command about the whole session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// End the session now (logout); the client's cookie is cleared.
+    Invalidate,
+    /// Give the session a new id and keep its data (after login, against session fixation);
+    /// the old id stops working.
+    Renew,
+}
+
+/// The header names, built once from the configured prefix.
+#[derive(Debug, Clone)]
+pub struct SessionHeaders {
+    prefix: String,
+    id: HeaderName,
+    data: HeaderName,
+    patch: HeaderName,
+    command: HeaderName,
+    idle_timeout: HeaderName,
+    absolute_timeout: HeaderName,
+}
+
+impl SessionHeaders {
+    /// The headers under `prefix` (a lowercase header-name token, checked by the config).
+    pub fn new(prefix: &str) -> SessionHeaders {
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}-{suffix}").as_bytes())
+                .expect("the config checked the prefix is a token")
+        };
+        SessionHeaders {
+            prefix: prefix.to_string(),
+            id: name("id"),
+            data: name("data"),
+            patch: name("patch"),
+            command: name("command"),
+            idle_timeout: name("idle-timeout"),
+            absolute_timeout: name("absolute-timeout"),
+        }
+    }
+
+    /// Removes every header whose name starts with the prefix (names are lowercase in
+    /// `HeaderMap`, whatever case they were sent in).
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let found: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(&self.prefix))
+            .cloned()
+            .collect();
+        for name in found {
+            headers.remove(name);
+        }
+    }
+
+    /// Hands a live session to the backend.
+    pub fn attach(&self, headers: &mut HeaderMap, id: &str, data: HeaderValue) {
+        headers.insert(
+            self.id.clone(),
+            HeaderValue::from_str(id).expect("session ids are URL-safe base64"),
+        );
+        headers.insert(self.data.clone(), data);
+    }
+
+    /// Takes the backend's session headers out of `headers` and reads them. All of them go
+    /// whether or not they make sense; what does not is refused whole.
+    pub fn take_update(
+        &self,
+        headers: &mut HeaderMap,
+        limits: &SessionConfig,
+    ) -> Result<Update, Rejection> {
+        if !headers
+            .keys()
+            .any(|name| name.as_str().starts_with(&self.prefix))
+        {
+            return Ok(Update::default());
+        }
+        let patch = headers.remove(&self.patch);
+        let command = headers.remove(&self.command);
+        let idle = headers.remove(&self.idle_timeout);
+        let absolute = headers.remove(&self.absolute_timeout);
+        let repeated = [
+            &self.patch,
+            &self.command,
+            &self.idle_timeout,
+            &self.absolute_timeout,
+        ]
+        .into_iter()
+        .find(|name| headers.contains_key(*name))
+        .map(|name| name.to_string());
+        self.strip(headers);
+        if let Some(name) = repeated {
+            return Err(Rejection::Malformed(format!("{name} sent more than once")));
+        }
+        let patch = patch.map(|value| read_patch(&value, limits)).transpose()?;
+        let command = match command.as_ref().map(HeaderValue::as_bytes) {
+            None => None,
+            Some(b"invalidate") => Some(Command::Invalidate),
+            Some(b"renew") => Some(Command::Renew),
+            Some(other) => {
+                return Err(Rejection::UnknownCommand(
+                    String::from_utf8_lossy(&other[..other.len().min(64)]).into_owned(),
+                ))
+            }
+        };
+        Ok(Update {
+            patch,
+            command,
+            idle_timeout: idle
+                .map(|value| read_timeout(&value, "idle", limits.max_idle_timeout))
+                .transpose()?,
+            absolute_timeout: absolute
+                .map(|value| read_timeout(&value, "absolute", limits.max_absolute_timeout))
+                .transpose()?,
+        })
+    }
+}
+
+/// A merge patch from a header: a JSON object, in ASCII with `\u` escapes or in raw UTF-8.
+fn read_patch(
+    value: &HeaderValue,
+    limits: &SessionConfig,
+) -> Result<Map<String, Value>, Rejection> {
+    // A patch can be at most the whole session plus a `null` for each attribute it removes.
+    let most = limits.max_session_bytes + limits.max_attributes * (limits.max_attribute_bytes + 8);
+    if value.len() > most {
+        return Err(Rejection::SessionTooLarge {
+            size: value.len(),
+            limit: limits.max_session_bytes,
+        });
+    }
+    parse_patch(value.as_bytes())
+}
+
+/// A merge patch from bytes (a header, or the session API's request body).
+pub fn parse_patch(bytes: &[u8]) -> Result<Map<String, Value>, Rejection> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(patch)) => Ok(patch),
+        Ok(other) => Err(Rejection::Malformed(format!(
+            "the patch is a JSON {}, not an object",
+            json_kind(&other)
+        ))),
+        Err(error) => Err(Rejection::Malformed(format!(
+            "the patch is not JSON: {error}"
+        ))),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A timeout in whole seconds, from 1 to `most`.
+fn read_timeout(value: &HeaderValue, which: &str, most: Duration) -> Result<Duration, Rejection> {
+    let seconds = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|&seconds| seconds > 0)
+        .ok_or_else(|| {
+            Rejection::BadTimeout(format!(
+                "the {which} timeout is not a whole number of seconds"
+            ))
+        })?;
+    let timeout = Duration::from_secs(seconds);
+    if timeout > most {
+        return Err(Rejection::BadTimeout(format!(
+            "the {which} timeout of {seconds}s is over the configured maximum of {}s",
+            most.as_secs()
+        )));
+    }
+    Ok(timeout)
+}
