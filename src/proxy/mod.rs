@@ -406,7 +406,7 @@ fn open_session(store: &SessionStore, headers: &mut HeaderMap) -> Option<Current
     let config = store.config();
     let current = session_cookie::candidates(headers, config)
         .into_iter()
-        .find_map(|(id, _route)| store.open(id));
+        .find_map(|(id, route)| store.open(id, route));
     if headers.contains_key(COOKIE) {
         sticky::remove_cookie(headers, &config.cookie.name);
     }

@@ -221,7 +221,7 @@ impl Rejection {
 pub struct Current {
     /// The session id (without route).
     pub id: Arc<str>,
-    /// The route its cookie named.
+    /// The route the request's cookie named: the affinity hint, and what a takeover rewrites.
     pub route: Box<str>,
     /// The attributes, ready for the `<prefix>-data` header.
     pub data: HeaderValue,
@@ -333,9 +333,9 @@ impl SessionStore {
         rejection
     }
 
-    /// The live session `id` for a request that uses it now (its idle timer starts again);
-    /// `None` when there is no such session or it has just expired.
-    pub fn open(&self, id: &str) -> Option<Current> {
+    /// The live session `id` for a request that uses it now (its idle timer starts again),
+    /// whose cookie named `route`; `None` when there is no such session or it has just expired.
+    pub fn open(&self, id: &str, route: &str) -> Option<Current> {
         let now = self.clock.now_ms();
         let mut entry = self.sessions.get_mut(id)?;
         if entry.expires_ms() <= now {
@@ -351,7 +351,7 @@ impl SessionStore {
         });
         Some(Current {
             id: Arc::clone(key),
-            route: session.route.clone(),
+            route: route.into(),
             data: session.data.clone(),
         })
     }
@@ -447,8 +447,7 @@ impl SessionStore {
         }
         let now = self.clock.now_ms();
         let mut session = Session {
-            data: HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
-                .expect("the encoding is printable ASCII"),
+            data: stored(data),
             route: route.into(),
             created_ms: now,
             last_access_ms: now,
@@ -493,8 +492,7 @@ impl SessionStore {
         let (key, session) = entry.pair_mut();
         if let (Some(data), Some(patch)) = (data, patch) {
             let bytes_before = session.data.len();
-            session.data = HeaderValue::from_maybe_shared(bytes::Bytes::from(data))
-                .expect("the encoding is printable ASCII");
+            session.data = stored(data);
             self.emit(&Change::Patched {
                 id: key,
                 patch,
@@ -656,6 +654,13 @@ impl SessionStore {
     }
 }
 
+/// Encoded attributes as the store keeps them: trimmed to their length (the encoder's buffer
+/// grows by doubling, and a 1 KiB session would otherwise hold 2 KiB for good).
+fn stored(data: Vec<u8>) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(data.into_boxed_slice()))
+        .expect("the encoding is printable ASCII")
+}
+
 fn view(id: &str, session: &Session, with_attributes: bool) -> SessionView {
     SessionView {
         id: id.to_string(),
@@ -730,7 +735,7 @@ mod tests {
     fn logout_with_a_patch_starts_a_fresh_session() {
         let (store, _) = store();
         let id = created(respond(&store, None, &[("patch", r#"{"user":"ann"}"#)]));
-        let current = store.open(&id).unwrap();
+        let current = store.open(&id, "r1").unwrap();
         let change = respond(
             &store,
             Some(&current),
@@ -738,8 +743,8 @@ mod tests {
         );
         let fresh = created(change);
         assert_ne!(fresh, id);
-        assert!(store.open(&id).is_none());
-        assert_eq!(store.open(&fresh).unwrap().data, r#"{"flash":"bye"}"#);
+        assert!(store.open(&id, "r1").is_none());
+        assert_eq!(store.open(&fresh, "r1").unwrap().data, r#"{"flash":"bye"}"#);
         assert_eq!(store.len(), 1);
     }
 
@@ -759,11 +764,11 @@ mod tests {
         let used = created(respond(&store, None, &[("patch", r#"{"a":1}"#)]));
         let unused = created(respond(&store, None, &[("patch", r#"{"b":1}"#)]));
         let renewed = created(respond(&store, None, &[("patch", r#"{"c":1}"#)]));
-        let current = store.open(&renewed).unwrap();
+        let current = store.open(&renewed, "r1").unwrap();
         let renewed = created(respond(&store, Some(&current), &[("command", "renew")]));
         clock.advance(Duration::from_secs(300));
-        store.open(&used).unwrap();
-        store.open(&renewed).unwrap();
+        store.open(&used, "r1").unwrap();
+        store.open(&renewed, "r1").unwrap();
         clock.advance(Duration::from_secs(301));
         assert_eq!(store.sweep(), 1, "only the unused one expired");
         assert!(store.get(&unused).is_none());
