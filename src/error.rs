@@ -62,6 +62,11 @@ pub enum ProxyError {
     /// The backend broke the exchange: reset, closed early, or answered nonsense (502).
     #[error("the backend failed: {0}")]
     Upstream(String),
+    /// A keep-alive connection taken from the pool closed before any response: the backend
+    /// went away since it was pooled (restart, idle close). Retried on a fresh connection,
+    /// whatever the method; 502 only if that fails too.
+    #[error("a pooled connection to the backend was closed before any response: {0}")]
+    StaleConnection(String),
     /// The backend's session update was refused and not applied (502 unless
     /// `session.on_invalid_update = "pass"`): the backend believes it stored what was not.
     #[error("the backend's session update was refused: {0}")]
@@ -80,9 +85,10 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientAborted(_) => CLIENT_CLOSED_REQUEST,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::SessionUpdate(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::StaleConnection(_)
+            | ProxyError::SessionUpdate(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -98,7 +104,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::BodyTimeout(_) => "408 Request Timeout\n",
             ProxyError::ClientAborted(_) => "499 Client Closed Request\n",
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => {
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::StaleConnection(_) => {
                 "502 Bad Gateway: the server failed\n"
             }
             ProxyError::SessionUpdate(_) => {

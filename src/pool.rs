@@ -255,8 +255,11 @@ impl Pool {
             .enumerate()
             .map(|(i, b)| (b.config.route.clone(), i))
             .collect();
-        // Kept across reloads; a changed table_ttl or table_max applies after a restart.
+        // Kept across reloads while the sticky mode stays (a changed table_ttl or table_max
+        // applies after a restart); a new mode means new keys, so the table starts empty.
+        let mode = |config: &PoolConfig| config.sticky.as_ref().map(|sticky| sticky.mode);
         let sticky_table = previous
+            .filter(|p| mode(&p.config) == mode(&config))
             .map(|p| Arc::clone(&p.sticky_table))
             .unwrap_or_else(|| {
                 let (ttl, max) = config

@@ -23,7 +23,11 @@ pub fn may_retry(error: &ProxyError, method: &Method, retry: &RetryConfig) -> bo
         // Nothing reached the backend: safe for any method.
         ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => true,
         // The backend may have acted on the request: only for methods declared safe to repeat.
-        ProxyError::Upstream(_) | ProxyError::Timeout(_) => retry.methods.contains(method),
+        // (A stale pooled connection is first retried on the same backend, any method; see
+        // `proxy::forward`.)
+        ProxyError::Upstream(_) | ProxyError::Timeout(_) | ProxyError::StaleConnection(_) => {
+            retry.methods.contains(method)
+        }
         _ => false,
     }
 }

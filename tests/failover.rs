@@ -178,6 +178,25 @@ async fn a_small_post_whose_backend_refuses_is_retried_with_its_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_or_chunked_post_whose_backend_refuses_is_retried_with_its_body() {
+    let good = Backend::start("good").await;
+    let tandem = Tandem::start(&config(&refusing_then(&good)));
+    let client = client();
+    for sized in [true, false, true, false] {
+        // 1 MB, streamed: too large to hold, but nothing of it was read when the connection
+        // was refused, so it can still go to the other backend.
+        let mut request = http::Request::post(tandem.url("/upload"));
+        if sized {
+            request = request.header("content-length", 1_000_000);
+        }
+        let answer = send(&client, request.body(streamed_body(1_000_000)).unwrap()).await;
+        assert_eq!(answer.status, 200, "sized: {sized}");
+        assert_eq!(answer.body, "1000000", "the retried POST arrived whole");
+    }
+    tandem.wait_log("retrying on another backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_aborts_its_upload_does_not_count_against_the_backend() {
     let first = Backend::start("first").await;
     let second = Backend::start("second").await;
@@ -221,4 +240,105 @@ async fn a_client_that_aborts_its_upload_does_not_count_against_the_backend() {
         2,
         "{answers:?}"
     );
+}
+
+/// A raw HTTP/1.1 backend: on its first connection it answers the first request, then closes
+/// that connection when a second request arrives on it (the backend went away since tandem
+/// pooled the connection); every later connection answers `fresh`. With `close_first` it closes
+/// its very first connection without answering anything. Counts the requests it answered.
+async fn closing_backend(close_first: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&answered);
+    tokio::spawn(async move {
+        for connection in 0usize.. {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let answered = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                for request in 0usize.. {
+                    // One request: a head and a Content-Length body.
+                    let head_end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .map_or(0, |value| value.trim().parse().unwrap());
+                    while buffer.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..head_end + length);
+                    let closes = connection == 0 && (close_first || request == 1);
+                    if closes {
+                        return;
+                    }
+                    let body = if connection == 0 { "first" } else { "fresh" };
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, answered)
+}
+
+fn post(tandem: &Tandem) -> http::Request<TestBody> {
+    http::Request::post(tandem.url("/order"))
+        .header("content-length", "5")
+        .body(full("12345"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_a_pooled_connection_the_backend_closed_is_sent_again_on_a_fresh_one() {
+    let (address, answered) = closing_backend(false).await;
+    let tandem = Tandem::start(&config(&format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{address}\"\n"
+    )));
+    let client = client();
+    let first = send(&client, post(&tandem)).await;
+    assert_eq!((first.status.as_u16(), first.body.as_str()), (200, "first"));
+    // The only backend closed the pooled connection under the second POST: no 502.
+    let second = send(&client, post(&tandem)).await;
+    assert_eq!(
+        (second.status.as_u16(), second.body.as_str()),
+        (200, "fresh")
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+    tandem.wait_log("retrying on a fresh connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_fails_on_a_fresh_connection_is_not_sent_again() {
+    let (address, answered) = closing_backend(true).await;
+    let tandem = Tandem::start(&config(&format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{address}\"\n"
+    )));
+    let answer = send(&client(), post(&tandem)).await;
+    assert_eq!(answer.status, 502, "the backend may have acted on it");
+    assert_eq!(answered.load(Ordering::SeqCst), 0);
+    assert_eq!(tandem.log_count("retrying"), 0);
 }

@@ -382,3 +382,33 @@ async fn insert_mode_sets_a_signed_affinity_cookie_that_clients_cannot_steer() {
         .unwrap()
         .starts_with(&format!("TANDEMROUTE={}.", answer.body)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_sticky_mode_forgets_what_the_old_mode_learned() {
+    let learn = "[pool.sticky]\nmode = \"learn\"\ncookies = [\"PHPSESSID\"]\n";
+    let (backends, tandem) = sticky_pool(learn, ACTIVE).await;
+    let client = client();
+    let owner = get(&client, &tandem.url("/learn/login")).await.body;
+    let cookie = format!("PHPSESSID=P-{owner}");
+    let route = "[pool.sticky]\nmode = \"route\"\ncookies = [\"PHPSESSID\"]\n";
+    tandem.reload(&config(&pool(
+        "web",
+        "round_robin",
+        route,
+        &[&backends[0], &backends[1], &backends[2]],
+    )));
+    // `P-a` names no route: in route mode it is balanced, not pinned by the learned entry.
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        served.push(
+            get_with(&client, &tandem.url("/"), &[("cookie", &cookie)])
+                .await
+                .body,
+        );
+    }
+    assert_eq!(
+        tally(served.iter().map(String::as_str)).len(),
+        3,
+        "{served:?}"
+    );
+}

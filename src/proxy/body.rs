@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -94,16 +94,34 @@ impl Body for ResponseBody {
 /// The body of a request sent to a backend: the client's, streamed, or a small one read
 /// beforehand so that the request can be sent again.
 pub enum RequestBody {
-    /// The client's body, relayed as it arrives.
+    /// The client's body, relayed as it arrives. Until an attempt asks for its first frame it
+    /// waits in `unsent`, shared with the request path: an attempt that never read it (its
+    /// connection could not be made) leaves it there for the next attempt.
     Client {
-        /// The body as hyper hands it over.
-        body: Incoming,
+        /// The body while no attempt has started reading it.
+        unsent: Arc<Mutex<Option<Incoming>>>,
+        /// The body once this attempt has taken it.
+        taken: Option<Incoming>,
     },
     /// A whole body held in memory (empty for a request without one); taken when sent.
     Buffered {
         /// The bytes not sent yet.
         data: Option<Bytes>,
     },
+}
+
+impl RequestBody {
+    fn with_client_body<T>(&self, read: impl FnOnce(Option<&Incoming>) -> T) -> T {
+        match self {
+            RequestBody::Client {
+                taken: Some(body), ..
+            } => read(Some(body)),
+            RequestBody::Client { unsent, .. } => {
+                read(unsent.lock().unwrap_or_else(|p| p.into_inner()).as_ref())
+            }
+            RequestBody::Buffered { .. } => read(None),
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -116,7 +134,16 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         // `Incoming` is `Unpin`, so no pin projection is needed.
         match self.get_mut() {
-            RequestBody::Client { body } => Pin::new(body).poll_frame(cx),
+            RequestBody::Client { unsent, taken } => {
+                if taken.is_none() {
+                    *taken = unsent.lock().unwrap_or_else(|p| p.into_inner()).take();
+                }
+                match taken {
+                    Some(body) => Pin::new(body).poll_frame(cx),
+                    // Another attempt has it; this one was abandoned.
+                    None => Poll::Ready(None),
+                }
+            }
             RequestBody::Buffered { data } => {
                 Poll::Ready(data.take().map(|bytes| Ok(Frame::data(bytes))))
             }
@@ -125,17 +152,19 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client { body } => body.is_end_stream(),
             RequestBody::Buffered { data } => data.is_none(),
+            client => client.with_client_body(|body| body.is_none_or(Body::is_end_stream)),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client { body } => body.size_hint(),
             RequestBody::Buffered { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            client => client.with_client_body(|body| {
+                body.map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+            }),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! hyper never sees an `Err` (which would drop the client connection without an answer).
 
 pub mod body;
+pub mod connector;
 pub mod headers;
 pub mod upgrade;
 pub mod upstream;
@@ -152,11 +153,11 @@ impl ProxyService {
                 .size_hint()
                 .exact()
                 .is_some_and(|length| length <= MAX_REPLAY_BODY);
-        let (replay, mut streamed) = if replayable {
+        let resend = if replayable {
             let timeout = snapshot.config.listen.header_read_timeout;
-            (Some(Replay::read(request, timeout).await?), None)
+            Resend::Whole(Replay::read(request, timeout).await?)
         } else {
-            (None, Some(request.map(|body| RequestBody::Client { body })))
+            Resend::Streamed(Streamed::new(request))
         };
         let mut tried: Vec<usize> = Vec::new();
         // A session whose owner cannot serve it fails over in mod_jk's order.
@@ -173,15 +174,14 @@ impl ProxyService {
                 pool: pool.name.to_string(),
             })?,
         };
+        let mut stale_retries = 0;
         loop {
             let backend = &pool.backends[index];
             completion.backend = Some(Arc::clone(backend));
             completion.attempts += 1;
-            let mut attempt = match (&replay, streamed.take()) {
-                (Some(replay), _) => replay.build(),
-                (None, Some(request)) => request,
-                (None, None) => unreachable!("a second attempt is only made with a replay"),
-            };
+            let mut attempt = resend
+                .build()
+                .expect("an attempt is made only while the request can be sent");
             aim(&mut attempt, backend);
             let in_flight = backend.live.start();
             match pool.upstream.send(attempt).await {
@@ -232,8 +232,21 @@ impl ProxyService {
                             &error.to_string(),
                         );
                     }
+                    let stale = matches!(error, ProxyError::StaleConnection(_));
+                    if stale && stale_retries < MAX_STALE_RETRIES && resend.can_resend() {
+                        // The backend never saw this request on a connection it had closed:
+                        // the same backend again, on another connection, whatever the method.
+                        stale_retries += 1;
+                        tracing::info!(
+                            pool = %pool.name,
+                            backend = %backend.config.address,
+                            reason = %error,
+                            "retrying on a fresh connection"
+                        );
+                        continue;
+                    }
                     tried.push(index);
-                    let next = if replay.is_some()
+                    let next = if resend.can_resend()
                         && !forced
                         && completion.attempts < retry.attempts
                         && retry::may_retry(&error, &completion.method, retry)
@@ -530,6 +543,77 @@ fn loggable_path(path: &str) -> String {
         .collect();
     segments.join("/")
 }
+
+/// How a request is sent again after a failed attempt.
+enum Resend {
+    /// Held whole: every attempt is built from it.
+    Whole(Replay),
+    /// Its body streams: it can be sent again only while no attempt has read any of it.
+    Streamed(Streamed),
+}
+
+impl Resend {
+    /// The request for the next attempt; `None` once a streamed body has been read.
+    fn build(&self) -> Option<Request<RequestBody>> {
+        match self {
+            Resend::Whole(replay) => Some(replay.build()),
+            Resend::Streamed(streamed) => streamed.build(),
+        }
+    }
+
+    /// Whether another attempt can be made with all of the request.
+    fn can_resend(&self) -> bool {
+        match self {
+            Resend::Whole(_) => true,
+            Resend::Streamed(streamed) => streamed.unsent(),
+        }
+    }
+}
+
+/// A request whose body streams: its prepared head, and its body until an attempt reads it.
+struct Streamed {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Arc<std::sync::Mutex<Option<Incoming>>>,
+}
+
+impl Streamed {
+    fn new(request: Request<Incoming>) -> Streamed {
+        let (parts, body) = request.into_parts();
+        Streamed {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body: Arc::new(std::sync::Mutex::new(Some(body))),
+        }
+    }
+
+    fn unsent(&self) -> bool {
+        self.body
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some()
+    }
+
+    fn build(&self) -> Option<Request<RequestBody>> {
+        self.unsent().then(|| {
+            let mut request = Request::new(RequestBody::Client {
+                unsent: Arc::clone(&self.body),
+                taken: None,
+            });
+            *request.method_mut() = self.method.clone();
+            *request.uri_mut() = self.uri.clone();
+            *request.headers_mut() = self.headers.clone();
+            *request.version_mut() = Version::HTTP_11;
+            request
+        })
+    }
+}
+
+/// Attempts per request sent again on the same backend after a stale pooled connection
+/// closed under them (each takes that connection out of the pool).
+const MAX_STALE_RETRIES: u32 = 2;
 
 /// Request bodies up to this size, with a Content-Length, are read before the first attempt so
 /// that the request can be retried; larger ones stream.

@@ -1,7 +1,7 @@
 //! The client side: a keep-alive connection pool per tandem pool, and the timeouts of one exchange.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::PoolConfig;
 use crate::error::{chain, ProxyError};
 use crate::proxy::body::RequestBody;
+use crate::proxy::connector::{self, StampingConnector};
 
 /// The settings a client is built from; a reload keeps the client (and its idle connections)
 /// when they are unchanged.
@@ -36,7 +37,7 @@ impl Settings {
 
 /// Sends requests to a pool's backends over pooled HTTP/1.1 connections.
 pub struct Upstream {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<StampingConnector, RequestBody>,
     settings: Settings,
 }
 
@@ -51,7 +52,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(settings.max_idle_per_backend)
-            .build(connector);
+            .build(StampingConnector(connector));
         Upstream { client, settings }
     }
 
@@ -66,20 +67,22 @@ impl Upstream {
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let limit = self.settings.response_timeout;
+        let started = Instant::now();
         match tokio::time::timeout(limit, self.client.request(request)).await {
             Err(_) => Err(ProxyError::Timeout(format!(
                 "no response head within {limit:?}"
             ))),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(classify(&error)),
+            Ok(Err(error)) => Err(classify(&error, started)),
         }
     }
 }
 
 /// Maps a client error to 502 or 504: a connect that timed out is a timeout, any other connect
 /// failure or a broken exchange is a bad gateway; a request body that broke on the client's
-/// side is the client's doing.
-fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
+/// side is the client's doing; a connection from the pool (opened before the attempt
+/// `started`) that closed before any response is stale.
+fn classify(error: &hyper_util::client::legacy::Error, started: Instant) -> ProxyError {
     let described = chain(error);
     if error.is_connect() {
         let mut source = std::error::Error::source(error);
@@ -106,5 +109,34 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = inner.source();
     }
+    let pooled = connector::opened_at(error).is_some_and(|opened| opened < started);
+    if pooled && closed_before_response(error) {
+        return ProxyError::StaleConnection(described);
+    }
     ProxyError::Upstream(described)
+}
+
+/// Whether the connection closed (EOF or reset) before a whole response head arrived.
+fn closed_before_response(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if inner
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if inner.downcast_ref::<io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            )
+        }) {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
 }
