@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/metrics`, and the session API, for tools outside the
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the session API, for tools outside the
 //! request path and for sessions too large for headers. Separate from the public listeners and
 //! meant for loopback or a private network; the session API also needs the bearer token.
 //!
@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use hyper_util::server::conn::auto;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::runtime::Runtime;
 use crate::session::{contract, id, SessionStore};
 
 /// Largest request body the session API reads (a merge patch).
@@ -35,24 +36,17 @@ const MAX_PAGE: usize = 1000;
 
 /// What the admin endpoints read.
 pub struct Admin {
-    /// The process's metrics.
-    metrics: Arc<Metrics>,
-    /// The session store, in proxy mode.
-    sessions: Option<Arc<SessionStore>>,
+    /// The live config, metrics and session store.
+    runtime: Arc<Runtime>,
     /// SHA-256 of the bearer token; `None` keeps the session API closed.
     token_digest: Option<[u8; 32]>,
 }
 
 impl Admin {
-    /// The admin endpoints over `metrics` and `sessions`, the API guarded by `token`.
-    pub fn new(
-        metrics: Arc<Metrics>,
-        sessions: Option<Arc<SessionStore>>,
-        token: Option<&str>,
-    ) -> Admin {
+    /// The admin endpoints over `runtime`, the API guarded by `token`.
+    pub fn new(runtime: Arc<Runtime>, token: Option<&str>) -> Admin {
         Admin {
-            metrics,
-            sessions,
+            runtime,
             token_digest: token.map(|token| Sha256::digest(token.as_bytes()).into()),
         }
     }
@@ -86,8 +80,16 @@ impl Admin {
         let path = request.uri().path().to_string();
         let response = match (request.method(), path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+            (&Method::GET, "/readyz") if self.runtime.ready.load(Ordering::Relaxed) => {
+                text(StatusCode::OK, "ready\n".into())
+            }
+            (&Method::GET, "/readyz") => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: starting or draining\n".into(),
+            ),
             (&Method::GET, "/metrics") => {
-                let mut response = text(StatusCode::OK, self.metrics.render());
+                let pools = &self.runtime.snapshot().pools;
+                let mut response = text(StatusCode::OK, self.runtime.metrics.render(pools));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -129,7 +131,7 @@ impl Admin {
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
-        let Some(store) = &self.sessions else {
+        let Some(store) = &self.runtime.sessions else {
             return error(
                 StatusCode::NOT_FOUND,
                 "no session store: [session] mode is not proxy",

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,13 +63,13 @@ impl App {
             }
             store
         });
-        let admin = admin_listener.map(|listener| {
-            let token = config.admin.as_ref().and_then(|a| a.token.as_deref());
-            let admin = Admin::new(Arc::clone(&metrics), sessions.clone(), token);
-            (listener, Arc::new(admin))
-        });
+        let token = config.admin.as_ref().and_then(|a| a.token.clone());
         let limits = config.listen.clone();
         let runtime = Arc::new(Runtime::new(config, sessions, metrics));
+        let admin = admin_listener.map(|listener| {
+            let admin = Admin::new(Arc::clone(&runtime), token.as_deref());
+            (listener, Arc::new(admin))
+        });
         Ok(App {
             runtime,
             listeners,
@@ -107,6 +108,13 @@ impl App {
         let sweeper = sessions
             .clone()
             .map(|store| AbortOnDrop(tokio::spawn(sweep(store))));
+        let runtime = Arc::clone(&self.runtime);
+        runtime.ready.store(true, Ordering::Relaxed);
+        let shutdown = async move {
+            shutdown.await;
+            // Load balancers in front stop sending new clients while the drain runs.
+            runtime.ready.store(false, Ordering::Relaxed);
+        };
         let drained = server::serve(self.listeners, self.runtime, &self.limits, shutdown).await;
         drop(sweeper);
         if let Some(store) = &sessions {

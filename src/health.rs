@@ -18,6 +18,7 @@ use rand::Rng;
 use tokio::task::JoinSet;
 
 use crate::config::HealthConfig;
+use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool};
 
 /// Most of a probe's response body read when looking for `expect_body`.
@@ -31,7 +32,7 @@ pub struct HealthChecks {
 impl HealthChecks {
     /// Starts a check task for every backend of every pool that has `[pool.health]`. Must be
     /// called inside a tokio runtime.
-    pub fn start(pools: &[Arc<Pool>]) -> HealthChecks {
+    pub fn start(pools: &[Arc<Pool>], metrics: &Arc<Metrics>) -> HealthChecks {
         let mut tasks = JoinSet::new();
         for pool in pools {
             let Some(health) = &pool.config.health else {
@@ -43,6 +44,7 @@ impl HealthChecks {
                 .build(HttpConnector::new());
             for backend in &pool.backends {
                 let probe = Probe {
+                    metrics: Arc::clone(metrics),
                     pool: Arc::clone(&pool.name),
                     backend: Arc::clone(backend),
                     health: health.clone(),
@@ -57,6 +59,7 @@ impl HealthChecks {
 
 /// Everything one backend's check task needs.
 struct Probe {
+    metrics: Arc<Metrics>,
     pool: Arc<str>,
     backend: Arc<Backend>,
     health: HealthConfig,
@@ -67,14 +70,20 @@ impl Probe {
     async fn run(self) {
         let mut successes = 0u32;
         let mut failures = 0u32;
+        let labels = |last: &'static str| [&*self.pool, self.backend.config.address.as_str(), last];
+        let health = &self.metrics.health;
         loop {
             let jitter = rand::rng().random_range(0.9..1.1);
             tokio::time::sleep(self.health.interval.mul_f64(jitter)).await;
-            match self.probe().await {
+            let result = self.probe().await;
+            let outcome = if result.is_ok() { "pass" } else { "fail" };
+            health.checks.with_label_values(&labels(outcome)).inc();
+            match result {
                 Ok(()) => {
                     successes += 1;
                     failures = 0;
                     if successes >= self.health.rise && self.backend.live.set_up(true) {
+                        health.flips.with_label_values(&labels("up")).inc();
                         tracing::info!(
                             pool = %self.pool,
                             backend = %self.backend.config.address,
@@ -87,6 +96,7 @@ impl Probe {
                     failures += 1;
                     successes = 0;
                     if failures >= self.health.fall && self.backend.live.set_up(false) {
+                        health.flips.with_label_values(&labels("down")).inc();
                         tracing::warn!(
                             pool = %self.pool,
                             backend = %self.backend.config.address,

@@ -131,12 +131,18 @@ async fn reload_on_hangup(
     while hangup.recv().await.is_some() {
         match Config::load(&path) {
             Ok(config) => {
+                runtime.metrics.reloads.with_label_values(&["ok"]).inc();
                 for warning in runtime.reload(config) {
                     tracing::warn!("{warning}");
                 }
                 tracing::info!(file = %path.display(), "config reloaded");
             }
             Err(errors) => {
+                runtime
+                    .metrics
+                    .reloads
+                    .with_label_values(&["refused"])
+                    .inc();
                 for error in &errors.0 {
                     tracing::error!(%error, "config error");
                 }

@@ -1,40 +1,280 @@
 //! Prometheus metrics: one registry per process, passed to whoever records into it (no global
 //! registry), rendered in the text format on the admin listener's `/metrics`.
+//!
+//! Labels are bounded: pool and backend names come from the config, methods and statuses are
+//! folded into classes; never a session id, a client address or a path.
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
+use crate::config::BackendState;
+use crate::pool::Pool;
 use crate::session::{Change, ChangeListener, EndReason, Rejection};
+
+/// Buckets of request and upstream durations, in seconds: 1 ms to 60 s.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
 
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
     /// The session store's figures; the store reports to it as a change listener.
     pub sessions: Arc<SessionMetrics>,
+    /// Requests, their durations and bytes, retries, failovers, takeovers.
+    pub requests: RequestMetrics,
+    /// Client connections open now.
+    pub client_connections: IntGauge,
+    /// Health-check results and flips.
+    pub health: HealthMetrics,
+    /// Config reloads by result (`ok`, `refused`).
+    pub reloads: IntCounterVec,
+    backends: BackendGauges,
+}
+
+/// Figures of the request path.
+pub struct RequestMetrics {
+    /// Requests answered, by pool, backend, method class and status class.
+    pub total: IntCounterVec,
+    /// From the request head to the end of the response, by pool.
+    pub duration: HistogramVec,
+    /// From sending to a backend to its response head, by pool and backend.
+    pub upstream_duration: HistogramVec,
+    /// Request body bytes received from clients, by pool.
+    pub received_bytes: IntCounterVec,
+    /// Response body bytes sent to clients, by pool.
+    pub sent_bytes: IntCounterVec,
+    /// Attempts sent again, by pool and reason (`another_backend`, `fresh_connection`).
+    pub retries: IntCounterVec,
+    /// Sticky requests served by another backend than their session's, by pool.
+    pub failovers: IntCounterVec,
+    /// Sessions whose route moved to another backend for good, by pool.
+    pub route_takeovers: IntCounterVec,
+}
+
+/// Figures of the active health checks.
+pub struct HealthMetrics {
+    /// Probes, by pool, backend and result (`pass`, `fail`).
+    pub checks: IntCounterVec,
+    /// Up/down flips, by pool, backend and the state flipped to (`up`, `down`).
+    pub flips: IntCounterVec,
+}
+
+/// Per-backend state, read from the live pools when `/metrics` is scraped.
+struct BackendGauges {
+    up: IntGaugeVec,
+    state: IntGaugeVec,
+    in_flight: IntGaugeVec,
+}
+
+/// Registers metrics on one registry.
+struct Registrar<'r>(&'r Registry);
+
+impl Registrar<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("each metric is registered once");
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn histograms(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        let options = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+        self.register(HistogramVec::new(options, labels).expect("valid metric"))
+    }
 }
 
 impl Metrics {
     /// Every metric, registered and at zero.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let sessions = Arc::new(SessionMetrics::register(&registry));
-        Metrics { registry, sessions }
+        let r = Registrar(&registry);
+        let requests = RequestMetrics {
+            total: r.counters(
+                "tandem_requests_total",
+                "Requests answered, by pool, backend (- when tandem answered), method and status class.",
+                &["pool", "backend", "method", "status"],
+            ),
+            duration: r.histograms(
+                "tandem_request_duration_seconds",
+                "Time from the request head to the end of the response.",
+                &["pool"],
+            ),
+            upstream_duration: r.histograms(
+                "tandem_upstream_response_duration_seconds",
+                "Time from sending a request to a backend to its response head.",
+                &["pool", "backend"],
+            ),
+            received_bytes: r.counters(
+                "tandem_request_body_bytes_total",
+                "Request body bytes received from clients and sent on.",
+                &["pool"],
+            ),
+            sent_bytes: r.counters(
+                "tandem_response_body_bytes_total",
+                "Response body bytes sent to clients.",
+                &["pool"],
+            ),
+            retries: r.counters(
+                "tandem_retries_total",
+                "Attempts sent again, by reason.",
+                &["pool", "reason"],
+            ),
+            failovers: r.counters(
+                "tandem_failovers_total",
+                "Sticky requests served by another backend than their session's.",
+                &["pool"],
+            ),
+            route_takeovers: r.counters(
+                "tandem_route_takeovers_total",
+                "Sessions whose route moved to another backend.",
+                &["pool"],
+            ),
+        };
+        let health = HealthMetrics {
+            checks: r.counters(
+                "tandem_health_checks_total",
+                "Active health probes, by result.",
+                &["pool", "backend", "result"],
+            ),
+            flips: r.counters(
+                "tandem_backend_flips_total",
+                "Backends marked up or down by their health checks.",
+                &["pool", "backend", "to"],
+            ),
+        };
+        let backends = BackendGauges {
+            up: r.gauges(
+                "tandem_backend_up",
+                "1 when the backend is up (health checks) and not ejected (passive checks).",
+                &["pool", "backend"],
+            ),
+            state: r.gauges(
+                "tandem_backend_state",
+                "1 for the backend's configured state (active, draining, stopped).",
+                &["pool", "backend", "state"],
+            ),
+            in_flight: r.gauges(
+                "tandem_backend_requests_in_flight",
+                "Requests sent to the backend whose responses have not finished.",
+                &["pool", "backend"],
+            ),
+        };
+        let reloads = r.counters(
+            "tandem_config_reloads_total",
+            "Config reloads, by result (ok, refused).",
+            &["result"],
+        );
+        for result in ["ok", "refused"] {
+            reloads.with_label_values(&[result]);
+        }
+        let client_connections = r.gauge(
+            "tandem_client_connections",
+            "Client connections open on the public listeners.",
+        );
+        let sessions = Arc::new(SessionMetrics::register(&r));
+        Metrics {
+            registry,
+            sessions,
+            requests,
+            client_connections,
+            health,
+            reloads,
+            backends,
+        }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition of every metric, with the backends of `pools` as they
+    /// are now.
+    pub fn render(&self, pools: &[Arc<Pool>]) -> String {
+        self.observe_backends(pools);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+
+    /// Sets the per-backend gauges from the live pools (a reload may have removed backends, so
+    /// the old label sets go first).
+    fn observe_backends(&self, pools: &[Arc<Pool>]) {
+        let gauges = &self.backends;
+        gauges.up.reset();
+        gauges.state.reset();
+        gauges.in_flight.reset();
+        for pool in pools {
+            for backend in &pool.backends {
+                let labels = [&*pool.name, backend.config.address.as_str()];
+                let up = backend.live.is_up() && !backend.is_ejected();
+                gauges.up.with_label_values(&labels).set(i64::from(up));
+                gauges
+                    .in_flight
+                    .with_label_values(&labels)
+                    .set(backend.live.in_flight() as i64);
+                for (state, name) in [
+                    (BackendState::Active, "active"),
+                    (BackendState::Draining, "draining"),
+                    (BackendState::Stopped, "stopped"),
+                ] {
+                    gauges
+                        .state
+                        .with_label_values(&[labels[0], labels[1], name])
+                        .set(i64::from(backend.config.state == state));
+                }
+            }
+        }
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// The method label: the common methods by name, anything else as `other`.
+pub fn method_class(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The status label: `1xx` to `5xx`.
+pub fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 
@@ -50,52 +290,32 @@ pub struct SessionMetrics {
 }
 
 impl SessionMetrics {
-    fn register(registry: &Registry) -> SessionMetrics {
-        let gauge = |name: &str, help: &str| {
-            let gauge = IntGauge::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(gauge.clone()))
-                .expect("registered once");
-            gauge
-        };
-        let counter = |name: &str, help: &str| {
-            let counter = IntCounter::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(counter.clone()))
-                .expect("registered once");
-            counter
-        };
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "tandem_session_updates_rejected_total",
-                "Session updates refused and not applied, by reason.",
-            ),
+    fn register(r: &Registrar<'_>) -> SessionMetrics {
+        let rejected = r.counters(
+            "tandem_session_updates_rejected_total",
+            "Session updates refused and not applied, by reason.",
             &["reason"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(rejected.clone()))
-            .expect("registered once");
+        );
         // Every reason shows from the start, at 0, so that a rate() over it works at once.
         for reason in Rejection::REASONS {
             rejected.with_label_values(&[reason]);
         }
         SessionMetrics {
-            live: gauge("tandem_sessions_live", "Sessions held by this node."),
-            bytes: gauge(
+            live: r.gauge("tandem_sessions_live", "Sessions held by this node."),
+            bytes: r.gauge(
                 "tandem_session_bytes",
                 "Encoded bytes of the attributes of all sessions held.",
             ),
-            created: counter("tandem_sessions_created_total", "Sessions created."),
-            expired: counter(
+            created: r.counter("tandem_sessions_created_total", "Sessions created."),
+            expired: r.counter(
                 "tandem_sessions_expired_total",
                 "Sessions ended by their idle or absolute timeout.",
             ),
-            invalidated: counter(
+            invalidated: r.counter(
                 "tandem_sessions_invalidated_total",
                 "Sessions ended by a backend or the session API.",
             ),
-            renewed: counter("tandem_sessions_renewed_total", "Session ids renewed."),
+            renewed: r.counter("tandem_sessions_renewed_total", "Session ids renewed."),
             rejected,
         }
     }

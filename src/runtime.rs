@@ -3,6 +3,7 @@
 //! A request takes the snapshot current when it starts and keeps it to the end, so a reload never
 //! changes a request half way; the next request sees the new pools.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -59,6 +60,8 @@ pub struct Runtime {
     pub sessions: Option<Arc<SessionStore>>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether `/readyz` says ready: listeners bound and serving, not draining.
+    pub ready: AtomicBool,
 }
 
 impl Runtime {
@@ -70,12 +73,13 @@ impl Runtime {
         metrics: Arc<Metrics>,
     ) -> Runtime {
         let snapshot = Snapshot::build(config, None);
-        let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools)));
+        let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools, &metrics)));
         Runtime {
             current: ArcSwap::from_pointee(snapshot),
             health,
             sessions,
             metrics,
+            ready: AtomicBool::new(false),
         }
     }
 
@@ -113,7 +117,7 @@ impl Runtime {
             warnings.push("[admin] changed: admin settings apply after a restart".to_string());
         }
         let snapshot = Arc::new(Snapshot::build(config, Some(&previous)));
-        let checks = HealthChecks::start(&snapshot.pools);
+        let checks = HealthChecks::start(&snapshot.pools, &self.metrics);
         self.current.store(snapshot);
         let mut health = self
             .health

@@ -131,7 +131,10 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let context = context.clone();
         tokio::spawn(async move {
+            let open = context.runtime.metrics.client_connections.clone();
+            open.inc();
             serve_connection(stream, peer, context).await;
+            open.dec();
             drop(permit);
         });
     }

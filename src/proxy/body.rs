@@ -15,6 +15,7 @@ use http::{Method, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::metrics::{self, Metrics};
 use crate::pool::{Backend, InFlight};
 use crate::server::OpenRequest;
 
@@ -102,6 +103,8 @@ pub enum RequestBody {
         unsent: Arc<Mutex<Option<Incoming>>>,
         /// The body once this attempt has taken it.
         taken: Option<Incoming>,
+        /// Counts the bytes relayed (the pool's request-body bytes).
+        received: prometheus::IntCounter,
     },
     /// A whole body held in memory (empty for a request without one); taken when sent.
     Buffered {
@@ -134,12 +137,22 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         // `Incoming` is `Unpin`, so no pin projection is needed.
         match self.get_mut() {
-            RequestBody::Client { unsent, taken } => {
+            RequestBody::Client {
+                unsent,
+                taken,
+                received,
+            } => {
                 if taken.is_none() {
                     *taken = unsent.lock().unwrap_or_else(|p| p.into_inner()).take();
                 }
                 match taken {
-                    Some(body) => Pin::new(body).poll_frame(cx),
+                    Some(body) => {
+                        let polled = Pin::new(body).poll_frame(cx);
+                        if let Poll::Ready(Some(Ok(frame))) = &polled {
+                            received.inc_by(frame.data_ref().map_or(0, |d| d.len() as u64));
+                        }
+                        polled
+                    }
                     // Another attempt has it; this one was abandoned.
                     None => Poll::Ready(None),
                 }
@@ -195,6 +208,8 @@ pub struct Completion {
     pub in_flight: Option<InFlight>,
     /// Keeps the client connection from counting as idle while the body streams.
     pub open_request: OpenRequest,
+    /// Where the request is counted when it is done.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Drop for Completion {
@@ -203,6 +218,25 @@ impl Drop for Completion {
             .backend
             .as_ref()
             .map_or("-", |b| b.config.address.as_str());
+        let pool = self.pool.as_deref().unwrap_or("-");
+        let requests = &self.metrics.requests;
+        requests
+            .total
+            .with_label_values(&[
+                pool,
+                backend,
+                metrics::method_class(&self.method),
+                metrics::status_class(self.status),
+            ])
+            .inc();
+        requests
+            .duration
+            .with_label_values(&[pool])
+            .observe(self.started.elapsed().as_secs_f64());
+        requests
+            .sent_bytes
+            .with_label_values(&[pool])
+            .inc_by(self.bytes_sent);
         tracing::info!(
             target: "tandem::access",
             client = %self.client,
@@ -212,7 +246,7 @@ impl Drop for Completion {
             status = self.status.as_u16(),
             bytes = self.bytes_sent,
             duration_us = self.started.elapsed().as_micros() as u64,
-            pool = self.pool.as_deref().unwrap_or("-"),
+            pool,
             backend,
             attempts = self.attempts,
         );

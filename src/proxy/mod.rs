@@ -71,6 +71,7 @@ impl ProxyService {
             bytes_sent: 0,
             in_flight: None,
             open_request,
+            metrics: Arc::clone(&self.runtime.metrics),
         };
         match self.forward(&snapshot, request, &mut completion).await {
             Ok((response, in_flight)) => {
@@ -153,11 +154,15 @@ impl ProxyService {
                 .size_hint()
                 .exact()
                 .is_some_and(|length| length <= MAX_REPLAY_BODY);
+        let metrics = &self.runtime.metrics.requests;
+        let received = metrics.received_bytes.with_label_values(&[&*pool.name]);
         let resend = if replayable {
             let timeout = snapshot.config.listen.header_read_timeout;
-            Resend::Whole(Replay::read(request, timeout).await?)
+            let replay = Replay::read(request, timeout).await?;
+            received.inc_by(replay.body.len() as u64);
+            Resend::Whole(replay)
         } else {
-            Resend::Streamed(Streamed::new(request))
+            Resend::Streamed(Streamed::new(request, received))
         };
         let mut tried: Vec<usize> = Vec::new();
         // A session whose owner cannot serve it fails over in mod_jk's order.
@@ -184,8 +189,16 @@ impl ProxyService {
                 .expect("an attempt is made only while the request can be sent");
             aim(&mut attempt, backend);
             let in_flight = backend.live.start();
+            let sent = Instant::now();
             match pool.upstream.send(attempt).await {
                 Ok(response) => {
+                    metrics
+                        .upstream_duration
+                        .with_label_values(&[&*pool.name, &backend.config.address])
+                        .observe(sent.elapsed().as_secs_f64());
+                    if owner.is_some_and(|owner| owner != index) {
+                        metrics.failovers.with_label_values(&[&*pool.name]).inc();
+                    }
                     let status = response.status();
                     if pool
                         .config
@@ -202,15 +215,24 @@ impl ProxyService {
                         backend.record_success();
                     }
                     let mut response = response;
+                    let takeovers = metrics.route_takeovers.with_label_values(&[&*pool.name]);
                     if let Some(store) = store {
+                        let served_route = &backend.config.route;
+                        let rerouted = affine
+                            && session
+                                .as_ref()
+                                .is_some_and(|current| *current.route != **served_route);
                         let settled = SessionOutcome {
                             store,
                             current: session.as_ref(),
-                            served_route: &backend.config.route,
-                            affine,
+                            served_route,
+                            rerouted,
                             tls: self.scheme == "https",
                         };
                         settled.apply(&mut response, backend)?;
+                        if rerouted {
+                            takeovers.inc();
+                        }
                     }
                     if let Some(sticky) = sticky {
                         settle_session(
@@ -220,6 +242,7 @@ impl ProxyService {
                             index,
                             &completion.path,
                             &mut response,
+                            &takeovers,
                         );
                     }
                     return relay(response, in_flight, client_upgrade, backend);
@@ -237,6 +260,10 @@ impl ProxyService {
                         // The backend never saw this request on a connection it had closed:
                         // the same backend again, on another connection, whatever the method.
                         stale_retries += 1;
+                        metrics
+                            .retries
+                            .with_label_values(&[&*pool.name, "fresh_connection"])
+                            .inc();
                         tracing::info!(
                             pool = %pool.name,
                             backend = %backend.config.address,
@@ -258,6 +285,10 @@ impl ProxyService {
                     // The budget is spent only on a retry that has somewhere to go.
                     match next {
                         Some(next) if pool.retry_budget.withdraw() => {
+                            metrics
+                                .retries
+                                .with_label_values(&[&*pool.name, "another_backend"])
+                                .inc();
                             tracing::info!(
                                 pool = %pool.name,
                                 backend = %backend.config.address,
@@ -431,7 +462,8 @@ struct SessionOutcome<'a> {
     store: &'a SessionStore,
     current: Option<&'a Current>,
     served_route: &'a str,
-    affine: bool,
+    /// The session's affinity moved to the serving backend (a takeover).
+    rerouted: bool,
     tls: bool,
 }
 
@@ -445,15 +477,11 @@ impl SessionOutcome<'_> {
         backend: &Backend,
     ) -> Result<(), ProxyError> {
         let config = self.store.config();
-        let rerouted = self.affine
-            && self
-                .current
-                .is_some_and(|current| *current.route != *self.served_route);
         let settled = self.store.settle(
             self.current,
             response.headers_mut(),
             self.served_route,
-            rerouted,
+            self.rerouted,
         );
         let change = match settled {
             Ok(change) => change,
@@ -576,16 +604,19 @@ struct Streamed {
     uri: Uri,
     headers: HeaderMap,
     body: Arc<std::sync::Mutex<Option<Incoming>>>,
+    received: prometheus::IntCounter,
 }
 
 impl Streamed {
-    fn new(request: Request<Incoming>) -> Streamed {
+    /// Holds `request`; `received` counts its body bytes as they are relayed.
+    fn new(request: Request<Incoming>, received: prometheus::IntCounter) -> Streamed {
         let (parts, body) = request.into_parts();
         Streamed {
             method: parts.method,
             uri: parts.uri,
             headers: parts.headers,
             body: Arc::new(std::sync::Mutex::new(Some(body))),
+            received,
         }
     }
 
@@ -601,6 +632,7 @@ impl Streamed {
             let mut request = Request::new(RequestBody::Client {
                 unsent: Arc::clone(&self.body),
                 taken: None,
+                received: self.received.clone(),
             });
             *request.method_mut() = self.method.clone();
             *request.uri_mut() = self.uri.clone();
@@ -672,6 +704,7 @@ fn settle_session(
     served: usize,
     request_path: &str,
     response: &mut Response<Incoming>,
+    takeovers: &prometheus::IntCounter,
 ) {
     let served_route = &pool.backends[served].config.route;
     if sticky.mode == StickyMode::Insert {
@@ -723,6 +756,9 @@ fn settle_session(
         // takes over): from now on the backends know the session by that id.
         let moved = served != target.owner || target.backend_id.is_some();
         if moved && sticky::route_of(&new_id, sticky.separator) == Some(served_route.as_str()) {
+            if served != target.owner {
+                takeovers.inc();
+            }
             pool.sticky_table.record(
                 &target.key,
                 Placement {
@@ -745,6 +781,7 @@ fn settle_session(
                 backend_id,
             },
         );
+        takeovers.inc();
         tracing::info!(
             pool = %pool.name,
             from = %pool.backends[target.owner].config.route,
