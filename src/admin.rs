@@ -2,6 +2,13 @@
 //! request path and for sessions too large for headers. Separate from the public listeners and
 //! meant for loopback or a private network; the session API also needs the bearer token.
 //!
+//! Pools API (JSON): `GET /api/pools` (every pool and backend with its state, health and
+//! open requests) and `GET /api/config` (the running config file, secrets hidden) are open to
+//! clients on loopback and need the token from elsewhere; `PUT
+//! /api/pools/{pool}/backends/{route or address}/state` with `{"state": "draining"}` (a state
+//! that lasts until the config file changes that backend's state) and `POST /api/reload` always
+//! need the token.
+//!
 //! Session API (JSON; `Authorization: Bearer <admin.token>`, 401 without it):
 //! - `GET /api/sessions?limit=N&after=ID`: a page of live sessions in id order, without their
 //!   attributes, and `next` (the `after` of the next page, `null` on the last page).
@@ -25,6 +32,7 @@ use hyper_util::server::conn::auto;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::config::BackendState;
 use crate::runtime::Runtime;
 use crate::session::{contract, id, SessionStore};
 
@@ -99,6 +107,22 @@ impl Admin {
             (_, path) if path == "/api/sessions" || path.starts_with("/api/sessions/") => {
                 self.session_api(request).await
             }
+            (&Method::GET, "/api/pools") if self.may_read(&request, peer) => self.pools(),
+            (&Method::GET, "/api/config") if self.may_read(&request, peer) => text(
+                StatusCode::OK,
+                hide_secrets(&self.runtime.snapshot().config.source),
+            ),
+            (&Method::POST, "/api/reload") if self.authorized(&request) => self.reload(),
+            (&Method::PUT, path) if path.starts_with("/api/pools/") => {
+                if self.authorized(&request) {
+                    self.set_state(request).await
+                } else {
+                    unauthorized(self.token_digest.is_some())
+                }
+            }
+            (_, "/api/pools" | "/api/config" | "/api/reload") => {
+                unauthorized(self.token_digest.is_some())
+            }
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
         tracing::debug!(%peer, %path, status = response.status().as_u16(), "admin request");
@@ -118,18 +142,120 @@ impl Admin {
         offered.is_some_and(|token| Sha256::digest(token.trim().as_bytes()).as_slice() == expected)
     }
 
+    /// Read-only endpoints: open to clients on loopback, else behind the token.
+    fn may_read(&self, request: &Request<Incoming>, peer: SocketAddr) -> bool {
+        peer.ip().is_loopback() || self.authorized(request)
+    }
+
+    /// Every pool and backend as the request path sees them now.
+    fn pools(&self) -> Response<Full<Bytes>> {
+        let snapshot = self.runtime.snapshot();
+        let pools: Vec<serde_json::Value> = snapshot
+            .pools
+            .iter()
+            .map(|pool| {
+                let backends: Vec<serde_json::Value> = pool
+                    .backends
+                    .iter()
+                    .map(|backend| {
+                        serde_json::json!({
+                            "address": backend.config.address,
+                            "route": backend.config.route,
+                            "state": backend.state().name(),
+                            "configured_state": backend.config.state.name(),
+                            "up": backend.live.is_up(),
+                            "ejected": backend.is_ejected(),
+                            "in_flight": backend.live.in_flight(),
+                            "weight": backend.config.weight,
+                            "backup": backend.config.backup,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": &*pool.name,
+                    "balance": pool.config.balance.name(),
+                    "backends": backends,
+                })
+            })
+            .collect();
+        json(StatusCode::OK, &serde_json::json!({ "pools": pools }))
+    }
+
+    /// Reads the config file again, as SIGHUP does.
+    fn reload(&self) -> Response<Full<Bytes>> {
+        match self.runtime.reload_file() {
+            Ok(warnings) => {
+                tracing::info!("config reloaded through the admin API");
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "result": "reloaded", "warnings": warnings }),
+                )
+            }
+            Err(errors) => {
+                let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    ?errors,
+                    "reload through the admin API refused; the running config stays"
+                );
+                json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({ "result": "refused", "errors": errors }),
+                )
+            }
+        }
+    }
+
+    /// `PUT /api/pools/{pool}/backends/{route or address}/state` with `{"state": "draining"}`:
+    /// the backend's state until the config file changes it.
+    async fn set_state(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ["api", "pools", pool_name, "backends", backend_name, "state"] = parts[..] else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "expected /api/pools/{pool}/backends/{route or address}/state",
+            );
+        };
+        let snapshot = self.runtime.snapshot();
+        let Some(pool) = snapshot.pools.iter().find(|p| &*p.name == pool_name) else {
+            return error(StatusCode::NOT_FOUND, "no such pool");
+        };
+        let Some(backend) = pool
+            .backends
+            .iter()
+            .find(|b| b.config.route == backend_name || b.config.address == backend_name)
+        else {
+            return error(StatusCode::NOT_FOUND, "no such backend in this pool");
+        };
+        let body = match Limited::new(request.into_body(), 4096).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 4 KiB"),
+        };
+        let wanted = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|value| value.get("state")?.as_str().and_then(BackendState::parse));
+        let Some(state) = wanted else {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                r#"expected {"state": "active" | "draining" | "stopped"}"#,
+            );
+        };
+        backend.live.set_state_override(Some(state));
+        tracing::info!(
+            pool = %pool.name,
+            backend = %backend.config.address,
+            state = state.name(),
+            "backend state set through the admin API"
+        );
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "pool": &*pool.name, "backend": backend.config.address, "state": state.name() }),
+        )
+    }
+
     async fn session_api(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         if !self.authorized(&request) {
-            let message = if self.token_digest.is_some() {
-                "a valid bearer token is required"
-            } else {
-                "the session API is closed: set [admin] token"
-            };
-            let mut response = error(StatusCode::UNAUTHORIZED, message);
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return unauthorized(self.token_digest.is_some());
         }
         let Some(store) = &self.runtime.sessions else {
             return error(
@@ -221,6 +347,37 @@ fn list(store: &SessionStore, query: &str) -> Response<Full<Bytes>> {
         StatusCode::OK,
         &serde_json::json!({ "sessions": sessions, "next": next }),
     )
+}
+
+/// 401 with the reason: a wrong or missing token, or no token configured at all.
+fn unauthorized(token_configured: bool) -> Response<Full<Bytes>> {
+    let message = if token_configured {
+        "a valid bearer token is required"
+    } else {
+        "closed: set [admin] token to use this endpoint"
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The config file's text with the values of `token` and `secret` keys replaced.
+fn hide_secrets(source: &str) -> String {
+    source
+        .lines()
+        .map(|line| {
+            let key = line.split('=').next().unwrap_or("").trim();
+            if line.contains('=') && (key == "token" || key == "secret") {
+                format!("{key} = \"(hidden)\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {

@@ -1,7 +1,7 @@
 //! The `tandem` command: parse the CLI, load and validate the config, bind, serve, and handle
 //! signals (SIGTERM/SIGINT drain, SIGHUP reload).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -80,10 +80,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(&cli.config, config))
+    runtime.block_on(run(config))
 }
 
-async fn run(path: &Path, config: Config) -> ExitCode {
+async fn run(config: Config) -> ExitCode {
     let app = match App::bind(config, Arc::new(SystemClock)).await {
         Ok(app) => app,
         Err(error) => {
@@ -108,7 +108,7 @@ async fn run(path: &Path, config: Config) -> ExitCode {
     if let Some(address) = app.admin_address() {
         tracing::info!(admin_address = %address, "admin listener ready");
     }
-    tokio::spawn(reload_on_hangup(hangup, path.to_path_buf(), app.runtime()));
+    tokio::spawn(reload_on_hangup(hangup, app.runtime()));
     let shutdown = async {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
@@ -123,30 +123,21 @@ async fn run(path: &Path, config: Config) -> ExitCode {
 }
 
 /// Reloads the config on each SIGHUP; a broken file is logged and the running config stays.
-async fn reload_on_hangup(
-    mut hangup: tokio::signal::unix::Signal,
-    path: PathBuf,
-    runtime: Arc<Runtime>,
-) {
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, runtime: Arc<Runtime>) {
     while hangup.recv().await.is_some() {
-        match Config::load(&path) {
-            Ok(config) => {
-                runtime.metrics.reloads.with_label_values(&["ok"]).inc();
-                for warning in runtime.reload(config) {
+        let file = runtime.snapshot().config.path.display().to_string();
+        match runtime.reload_file() {
+            Ok(warnings) => {
+                for warning in warnings {
                     tracing::warn!("{warning}");
                 }
-                tracing::info!(file = %path.display(), "config reloaded");
+                tracing::info!(%file, "config reloaded");
             }
             Err(errors) => {
-                runtime
-                    .metrics
-                    .reloads
-                    .with_label_values(&["refused"])
-                    .inc();
                 for error in &errors.0 {
                     tracing::error!(%error, "config error");
                 }
-                tracing::error!(file = %path.display(), "reload refused; the running config stays");
+                tracing::error!(%file, "reload refused; the running config stays");
             }
         }
     }

@@ -232,15 +232,11 @@ impl Metrics {
                     .in_flight
                     .with_label_values(&labels)
                     .set(backend.live.in_flight() as i64);
-                for (state, name) in [
-                    (BackendState::Active, "active"),
-                    (BackendState::Draining, "draining"),
-                    (BackendState::Stopped, "stopped"),
-                ] {
+                for (name, state) in BackendState::NAMES {
                     gauges
                         .state
                         .with_label_values(&[labels[0], labels[1], name])
-                        .set(i64::from(backend.config.state == state));
+                        .set(i64::from(backend.state() == state));
                 }
             }
         }

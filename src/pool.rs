@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -45,6 +45,9 @@ pub struct BackendLive {
     /// [`clock_ms`] when the backend last came back (health UP, ejection over), for slow start;
     /// 0 when it is not ramping up.
     back_since_ms: AtomicU64,
+    /// A state set through the admin API over the configured one (0: none; else
+    /// [`BackendState`] as `state_code`). It outlives reloads until the file changes the state.
+    state_override: AtomicU8,
 }
 
 impl BackendLive {
@@ -57,6 +60,23 @@ impl BackendLive {
             window_start_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             back_since_ms: AtomicU64::new(0),
+            state_override: AtomicU8::new(0),
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the state the admin API gave this backend.
+    pub fn set_state_override(&self, state: Option<BackendState>) {
+        self.state_override
+            .store(state.map_or(0, state_code), Ordering::Relaxed);
+    }
+
+    /// The state the admin API gave this backend, if any.
+    pub fn state_override(&self) -> Option<BackendState> {
+        match self.state_override.load(Ordering::Relaxed) {
+            1 => Some(BackendState::Active),
+            2 => Some(BackendState::Draining),
+            3 => Some(BackendState::Stopped),
+            _ => None,
         }
     }
 
@@ -97,17 +117,30 @@ impl Drop for InFlight {
     }
 }
 
+fn state_code(state: BackendState) -> u8 {
+    match state {
+        BackendState::Active => 1,
+        BackendState::Draining => 2,
+        BackendState::Stopped => 3,
+    }
+}
+
 impl Backend {
+    /// The state in force: the admin API's, else the configured one.
+    pub fn state(&self) -> BackendState {
+        self.live.state_override().unwrap_or(self.config.state)
+    }
+
     /// Whether the balancer may give this backend a new request: active and up.
     pub fn takes_new_work(&self) -> bool {
-        self.config.state == BackendState::Active && self.live.is_up()
+        self.state() == BackendState::Active && self.live.is_up()
     }
 
     /// Whether requests of sessions it already holds may still go to it: a draining backend
     /// keeps its sessions until they end, a stopped, down or ejected one takes nothing (mod_jk's
     /// activations).
     pub fn takes_sticky_work(&self) -> bool {
-        self.config.state != BackendState::Stopped && self.live.is_up() && !self.is_ejected()
+        self.state() != BackendState::Stopped && self.live.is_up() && !self.is_ejected()
     }
 
     /// Whether passive checks have taken this backend out of rotation. The first call after
@@ -229,7 +262,18 @@ impl Pool {
                             .iter()
                             .find(|b| b.config.address == backend.address)
                     })
-                    .map(|b| Arc::clone(&b.live))
+                    .map(|b| {
+                        // A state the admin API set lasts until the file changes the state.
+                        if b.config.state != backend.state && b.live.state_override().is_some() {
+                            b.live.set_state_override(None);
+                            tracing::info!(
+                                pool = %config.name,
+                                backend = %backend.address,
+                                "the config file changed the backend's state: the one set through the admin API is dropped"
+                            );
+                        }
+                        Arc::clone(&b.live)
+                    })
                     .unwrap_or_else(|| {
                         let up = config.health.as_ref().is_none_or(|health| health.start_up);
                         Arc::new(BackendLive::new(up))

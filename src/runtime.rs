@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ForwardedConfig};
+use crate::config::{Config, ConfigErrors, ForwardedConfig};
 use crate::health::HealthChecks;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -86,6 +86,23 @@ impl Runtime {
     /// The snapshot for a request that starts now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Reads the running config's file again and switches to it (SIGHUP, the admin API). A
+    /// file with errors is refused and the running config stays. Returns the warnings of
+    /// [`Runtime::reload`], or the file's errors.
+    pub fn reload_file(&self) -> Result<Vec<String>, ConfigErrors> {
+        let path = self.snapshot().config.path.clone();
+        match Config::load(&path) {
+            Ok(config) => {
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                Ok(self.reload(config))
+            }
+            Err(errors) => {
+                self.metrics.reloads.with_label_values(&["refused"]).inc();
+                Err(errors)
+            }
+        }
     }
 
     /// Switches to `config` for new requests. Listener, log, session and admin settings are bound

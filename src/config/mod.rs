@@ -37,6 +37,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// `[admin]`: the internal listener; `None` without the table.
     pub admin: Option<AdminConfig>,
+    /// The file this config came from (reloads read it again).
+    pub path: PathBuf,
+    /// The file's text, for the admin API's view of the running config.
+    pub source: String,
 }
 
 /// The public listeners and the limits each client connection is held to.
@@ -246,6 +250,39 @@ impl BalanceMethod {
         ("ip_hash", BalanceMethod::IpHash),
         ("random_two", BalanceMethod::RandomTwo),
     ];
+
+    /// The method's name in the config file.
+    pub fn name(self) -> &'static str {
+        BalanceMethod::NAMES
+            .iter()
+            .find(|(_, method)| *method == self)
+            .map_or("?", |(name, _)| name)
+    }
+}
+
+impl BackendState {
+    /// Every state with its name in the config file (and the admin API).
+    pub const NAMES: [(&'static str, BackendState); 3] = [
+        ("active", BackendState::Active),
+        ("draining", BackendState::Draining),
+        ("stopped", BackendState::Stopped),
+    ];
+
+    /// The state's name.
+    pub fn name(self) -> &'static str {
+        BackendState::NAMES
+            .iter()
+            .find(|(_, state)| *state == self)
+            .map_or("?", |(name, _)| name)
+    }
+
+    /// The state called `name`, if there is one.
+    pub fn parse(name: &str) -> Option<BackendState> {
+        BackendState::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, state)| *state)
+    }
 }
 
 /// One backend server of a pool.
@@ -361,7 +398,9 @@ impl Config {
                 }]));
             }
         };
-        let config = check.config(raw);
+        let mut config = check.config(raw);
+        config.path = path.to_path_buf();
+        config.source = text.to_string();
         if check.errors.is_empty() {
             Ok(config)
         } else {
@@ -541,6 +580,8 @@ impl Checker<'_> {
             pools,
             session,
             admin,
+            path: PathBuf::new(),
+            source: String::new(),
         }
     }
 
@@ -1192,17 +1233,16 @@ impl Checker<'_> {
                 }
             }
         };
-        let state = match raw.state.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("active") => BackendState::Active,
-            Some("draining") => BackendState::Draining,
-            Some("stopped") => BackendState::Stopped,
-            Some(other) => {
-                let span = raw.state.as_ref().map(Spanned::span);
-                let message =
-                    format!("unknown state `{other}`; expected active, draining or stopped");
-                self.error(span, format!("{prefix}.state"), message);
+        let state = match &raw.state {
+            None => BackendState::Active,
+            Some(name) => BackendState::parse(name.get_ref()).unwrap_or_else(|| {
+                let message = format!(
+                    "unknown state `{}`; expected active, draining or stopped",
+                    name.get_ref()
+                );
+                self.error(Some(name.span()), format!("{prefix}.state"), message);
                 BackendState::Active
-            }
+            }),
         };
         let mut checked_name = |value: Option<Spanned<String>>, key: &str| {
             let value = value?;
