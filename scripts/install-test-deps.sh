@@ -14,6 +14,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 command -v node >/dev/null || need_apt+=(nodejs)
 # tests/metrics.rs: promtool and a Prometheus server.
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# tests/status_page.rs: the status page in a real browser.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tandem's tests need: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}" >&2

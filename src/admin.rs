@@ -2,6 +2,9 @@
 //! request path and for sessions too large for headers. Separate from the public listeners and
 //! meant for loopback or a private network; the session API also needs the bearer token.
 //!
+//! `/status` is the HTML status page (see `status.rs`), open to clients on loopback like the
+//! read-only endpoints below.
+//!
 //! Pools API (JSON): `GET /api/pools` (every pool and backend with its state, health and
 //! open requests) and `GET /api/config` (the running config file, secrets hidden) are open to
 //! clients on loopback and need the token from elsewhere; `PUT
@@ -35,6 +38,7 @@ use tokio::net::TcpListener;
 use crate::config::BackendState;
 use crate::runtime::Runtime;
 use crate::session::{contract, id, SessionStore};
+use crate::status::StatusPage;
 
 /// Largest request body the session API reads (a merge patch).
 const MAX_BODY: usize = 1 << 20;
@@ -48,6 +52,8 @@ pub struct Admin {
     runtime: Arc<Runtime>,
     /// SHA-256 of the bearer token; `None` keeps the session API closed.
     token_digest: Option<[u8; 32]>,
+    /// The status page and what it remembers between renders.
+    status: StatusPage,
 }
 
 impl Admin {
@@ -56,6 +62,7 @@ impl Admin {
         Admin {
             runtime,
             token_digest: token.map(|token| Sha256::digest(token.as_bytes()).into()),
+            status: StatusPage::default(),
         }
     }
 
@@ -107,6 +114,14 @@ impl Admin {
             (_, path) if path == "/api/sessions" || path.starts_with("/api/sessions/") => {
                 self.session_api(request).await
             }
+            (&Method::GET, "/status") if self.may_read(&request, peer) => {
+                let mut response = text(StatusCode::OK, self.status.render(&self.runtime));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                response
+            }
             (&Method::GET, "/api/pools") if self.may_read(&request, peer) => self.pools(),
             (&Method::GET, "/api/config") if self.may_read(&request, peer) => text(
                 StatusCode::OK,
@@ -120,7 +135,7 @@ impl Admin {
                     unauthorized(self.token_digest.is_some())
                 }
             }
-            (_, "/api/pools" | "/api/config" | "/api/reload") => {
+            (_, "/status" | "/api/pools" | "/api/config" | "/api/reload") => {
                 unauthorized(self.token_digest.is_some())
             }
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),

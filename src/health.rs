@@ -95,6 +95,9 @@ impl Probe {
                 Err(reason) => {
                     failures += 1;
                     successes = 0;
+                    self.backend
+                        .live
+                        .note_error(&format!("health check: {reason}"));
                     if failures >= self.health.fall && self.backend.live.set_up(false) {
                         health.flips.with_label_values(&labels("down")).inc();
                         tracing::warn!(

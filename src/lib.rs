@@ -16,7 +16,8 @@
 //! - [`error`]: the only map from a failure to an HTTP response.
 //! - [`logging`]: application and access logs.
 //! - [`session`]: the proxy-mode session store and its contract with backends.
-//! - [`admin`]: the admin listener: health, metrics, the session API.
+//! - [`admin`]: the admin listener: health, metrics, the pools and session APIs.
+//! - [`status`]: the HTML status page.
 //! - [`metrics`]: the Prometheus registry and what records into it.
 
 #![warn(missing_docs)]
@@ -37,4 +38,5 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod sticky;

@@ -286,6 +286,11 @@ pub struct SessionMetrics {
 }
 
 impl SessionMetrics {
+    /// Encoded bytes of all sessions held now.
+    pub fn bytes(&self) -> i64 {
+        self.bytes.get()
+    }
+
     fn register(r: &Registrar<'_>) -> SessionMetrics {
         let rejected = r.counters(
             "tandem_session_updates_rejected_total",

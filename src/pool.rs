@@ -48,6 +48,19 @@ pub struct BackendLive {
     /// A state set through the admin API over the configured one (0: none; else
     /// [`BackendState`] as `state_code`). It outlives reloads until the file changes the state.
     state_override: AtomicU8,
+    /// Requests sent to it since tandem started (for the status page's request rate).
+    sent: AtomicU64,
+    /// The last failure seen (a failed request or health probe), for the status page.
+    last_error: std::sync::Mutex<Option<LastError>>,
+}
+
+/// A backend's most recent failure.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    /// When it happened.
+    pub at: std::time::SystemTime,
+    /// What happened.
+    pub reason: String,
 }
 
 impl BackendLive {
@@ -61,7 +74,34 @@ impl BackendLive {
             ejected_until_ms: AtomicU64::new(0),
             back_since_ms: AtomicU64::new(0),
             state_override: AtomicU8::new(0),
+            sent: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Requests sent to this backend since tandem started.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Remembers `reason` as this backend's latest failure.
+    pub fn note_error(&self, reason: &str) {
+        let error = LastError {
+            at: std::time::SystemTime::now(),
+            reason: reason.chars().take(200).collect(),
+        };
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
+    }
+
+    /// This backend's latest failure, if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Sets (or, with `None`, clears) the state the admin API gave this backend.
@@ -98,6 +138,7 @@ impl BackendLive {
     /// Counts a request as open until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.sent.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
 
@@ -189,6 +230,7 @@ impl Backend {
     /// against this backend; `max_fails` of them in a row within `fail_window` eject it for
     /// `recover_after`.
     pub fn record_failure(&self, passive: &PassiveConfig, pool: &str, reason: &str) {
+        self.live.note_error(reason);
         if passive.max_fails == 0 {
             return;
         }
