@@ -63,7 +63,7 @@ async fn start_tandem(backends: &[SocketAddr], extra: &str) -> SocketAddr {
     }
     let config = Config::parse(Path::new("bench.toml"), &text).expect("bench config");
     let app = App::bind(config, Arc::new(SystemClock)).await.unwrap();
-    let address = app.public_addresses()[0];
+    let address = app.public_addresses()[0].0;
     tokio::spawn(app.serve(std::future::pending()));
     address
 }

@@ -16,6 +16,8 @@ command -v node >/dev/null || need_apt+=(nodejs)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 # tests/status_page.rs: the status page in a real browser.
 command -v chromium >/dev/null || need_apt+=(chromium)
+# tests/tls.rs: curl as a TLS client.
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tandem's tests need: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}" >&2

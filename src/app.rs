@@ -15,7 +15,7 @@ use crate::admin::Admin;
 use crate::config::{Config, ListenConfig, SessionMode};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::server;
+use crate::server::{self, ListenerKind};
 use crate::session::clock::Clock;
 use crate::session::snapshot::Loaded;
 use crate::session::{ChangeListener, SessionStore};
@@ -27,7 +27,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// A bound, ready tandem.
 pub struct App {
     runtime: Arc<Runtime>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ListenerKind)>,
     admin: Option<(TcpListener, Arc<Admin>)>,
     limits: ListenConfig,
 }
@@ -36,7 +36,30 @@ impl App {
     /// Binds every listener of `config`, builds the session store (reading its snapshot) and
     /// starts the health checks. Session timeouts run on `clock`.
     pub async fn bind(config: Config, clock: Arc<dyn Clock>) -> io::Result<App> {
-        let listeners = server::bind(&config.listen.addresses).await?;
+        let listen = &config.listen;
+        let plain = server::bind(&listen.addresses).await?;
+        let tls_listeners = server::bind(&listen.tls_addresses).await?;
+        // Redirects name the port the first TLS listener is bound to.
+        let https_port = tls_listeners
+            .first()
+            .and_then(|listener| listener.local_addr().ok())
+            .map(|address| address.port());
+        let plain_kind = match https_port {
+            Some(port) if listen.redirect_to_https => ListenerKind::RedirectToHttps(port),
+            _ => ListenerKind::Plain,
+        };
+        let listeners = plain
+            .into_iter()
+            .map(|listener| (listener, plain_kind))
+            .chain(tls_listeners.into_iter().map(|l| (l, ListenerKind::Tls)))
+            .collect();
+        let tls = if listen.tls_addresses.is_empty() {
+            None
+        } else {
+            let built = crate::tls::server_config(&listen.certificates)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            Some(built)
+        };
         let admin_listener = match &config.admin {
             Some(admin) => Some(server::bind(&[admin.address]).await?.remove(0)),
             None => None,
@@ -65,7 +88,7 @@ impl App {
         });
         let token = config.admin.as_ref().and_then(|a| a.token.clone());
         let limits = config.listen.clone();
-        let runtime = Arc::new(Runtime::new(config, sessions, metrics));
+        let runtime = Arc::new(Runtime::new(config, sessions, metrics, tls));
         let admin = admin_listener.map(|listener| {
             let admin = Admin::new(Arc::clone(&runtime), token.as_deref());
             (listener, Arc::new(admin))
@@ -83,11 +106,11 @@ impl App {
         Arc::clone(&self.runtime)
     }
 
-    /// Where the public listeners listen.
-    pub fn public_addresses(&self) -> Vec<SocketAddr> {
+    /// Where the public listeners listen, and what each speaks.
+    pub fn public_addresses(&self) -> Vec<(SocketAddr, ListenerKind)> {
         self.listeners
             .iter()
-            .filter_map(|listener| listener.local_addr().ok())
+            .filter_map(|(listener, kind)| Some((listener.local_addr().ok()?, *kind)))
             .collect()
     }
 

@@ -18,6 +18,7 @@
 //! - [`session`]: the proxy-mode session store and its contract with backends.
 //! - [`admin`]: the admin listener: health, metrics, the pools and session APIs.
 //! - [`status`]: the HTML status page.
+//! - [`tls`]: certificates, SNI and the rustls settings of the TLS listeners.
 //! - [`metrics`]: the Prometheus registry and what records into it.
 
 #![warn(missing_docs)]
@@ -40,3 +41,4 @@ pub mod server;
 pub mod session;
 pub mod status;
 pub mod sticky;
+pub mod tls;

@@ -12,6 +12,7 @@ use tandem::app::App;
 use tandem::config::Config;
 use tandem::logging;
 use tandem::runtime::Runtime;
+use tandem::server::ListenerKind;
 use tandem::session::clock::SystemClock;
 
 /// Exit status for an invalid config file (sysexits' EX_CONFIG).
@@ -102,8 +103,14 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for address in app.public_addresses() {
-        tracing::info!(%address, "listening");
+    for (address, kind) in app.public_addresses() {
+        match kind {
+            ListenerKind::Plain => tracing::info!(%address, "listening"),
+            ListenerKind::Tls => tracing::info!(%address, "listening with TLS"),
+            ListenerKind::RedirectToHttps(port) => {
+                tracing::info!(%address, https_port = port, "listening, redirecting to HTTPS")
+            }
+        }
     }
     if let Some(address) = app.admin_address() {
         tracing::info!(admin_address = %address, "admin listener ready");

@@ -6,7 +6,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::{Config, ConfigErrors, ForwardedConfig};
 use crate::health::HealthChecks;
@@ -62,6 +62,9 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Whether `/readyz` says ready: listeners bound and serving, not draining.
     pub ready: AtomicBool,
+    /// The TLS settings new connections get (certificates reloaded with the config); `None`
+    /// without TLS listeners.
+    tls: ArcSwapOption<rustls::ServerConfig>,
 }
 
 impl Runtime {
@@ -71,6 +74,7 @@ impl Runtime {
         config: Config,
         sessions: Option<Arc<SessionStore>>,
         metrics: Arc<Metrics>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Runtime {
         let snapshot = Snapshot::build(config, None);
         let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools, &metrics)));
@@ -80,7 +84,13 @@ impl Runtime {
             sessions,
             metrics,
             ready: AtomicBool::new(false),
+            tls: ArcSwapOption::new(tls),
         }
+    }
+
+    /// The TLS settings for a connection that starts now.
+    pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.load_full()
     }
 
     /// The snapshot for a request that starts now.
@@ -112,6 +122,8 @@ impl Runtime {
         let mut warnings = Vec::new();
         let (old, new) = (&previous.config.listen, &config.listen);
         if old.addresses != new.addresses
+            || old.tls_addresses != new.tls_addresses
+            || old.redirect_to_https != new.redirect_to_https
             || old.max_connections != new.max_connections
             || old.header_read_timeout != new.header_read_timeout
             || old.idle_timeout != new.idle_timeout
@@ -132,6 +144,15 @@ impl Runtime {
         }
         if previous.config.admin != config.admin {
             warnings.push("[admin] changed: admin settings apply after a restart".to_string());
+        }
+        if !config.listen.certificates.is_empty() {
+            // Certificates are read again on every reload (renewed files, same paths).
+            match crate::tls::server_config(&config.listen.certificates) {
+                Ok(tls) => self.tls.store(Some(tls)),
+                Err(error) => warnings.push(format!(
+                    "certificates not reloaded, the running ones stay: {error}"
+                )),
+            }
         }
         let snapshot = Arc::new(Snapshot::build(config, Some(&previous)));
         let checks = HealthChecks::start(&snapshot.pools, &self.metrics);

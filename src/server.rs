@@ -35,11 +35,22 @@ pub async fn bind(addresses: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
+/// What a public listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// HTTP/1.1 and h2c.
+    Plain,
+    /// TLS, then HTTP/1.1 or h2 (ALPN).
+    Tls,
+    /// Plain HTTP that answers every request with a redirect to HTTPS on this port.
+    RedirectToHttps(u16),
+}
+
 /// Serves `listeners` until `shutdown` resolves, then stops accepting, asks every connection to
 /// finish its in-flight requests, and waits for them up to `limits.shutdown_timeout`.
 /// Returns whether every connection closed in time.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ListenerKind)>,
     runtime: Arc<Runtime>,
     limits: &ListenConfig,
     shutdown: impl Future<Output = ()>,
@@ -48,7 +59,7 @@ pub async fn serve(
     let (drain, draining) = watch::channel(false);
     let builder = Arc::new(http_builder(limits));
     let mut acceptors = JoinSet::new();
-    for listener in listeners {
+    for (listener, kind) in listeners {
         let context = ConnectionContext {
             runtime: Arc::clone(&runtime),
             builder: Arc::clone(&builder),
@@ -56,7 +67,12 @@ pub async fn serve(
             idle_timeout: limits.idle_timeout,
             header_read_timeout: limits.header_read_timeout,
         };
-        acceptors.spawn(accept_loop(listener, Arc::clone(&connections), context));
+        acceptors.spawn(accept_loop(
+            listener,
+            kind,
+            Arc::clone(&connections),
+            context,
+        ));
     }
     shutdown.await;
     acceptors.shutdown().await;
@@ -111,6 +127,7 @@ struct ConnectionContext {
 
 async fn accept_loop(
     listener: TcpListener,
+    kind: ListenerKind,
     connections: Arc<Semaphore>,
     context: ConnectionContext,
 ) {
@@ -133,16 +150,72 @@ async fn accept_loop(
         tokio::spawn(async move {
             let open = context.runtime.metrics.client_connections.clone();
             open.inc();
-            serve_connection(stream, peer, context).await;
+            match kind {
+                ListenerKind::Plain => {
+                    serve_connection(stream, peer, context, Handler::Proxy("http")).await
+                }
+                ListenerKind::RedirectToHttps(port) => {
+                    serve_connection(stream, peer, context, Handler::RedirectToHttps(port)).await
+                }
+                ListenerKind::Tls => {
+                    if let Some(tls) = handshake(stream, peer, &context).await {
+                        serve_connection(tls, peer, context, Handler::Proxy("https")).await;
+                    }
+                }
+            }
             open.dec();
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: ConnectionContext) {
+/// The TLS handshake of a new connection, within the header read timeout, with the
+/// certificates in force now. A failed handshake (an old protocol version, no shared cipher, a
+/// client that went away) is logged and the connection closed.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: &ConnectionContext,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let config = context.runtime.tls_config()?;
+    let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(context.header_read_timeout, accepting).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(error)) => {
+            tracing::info!(client = %peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(client = %peer, "TLS handshake not done within the header read timeout");
+            None
+        }
+    }
+}
+
+/// What a connection's requests get.
+#[derive(Debug, Clone, Copy)]
+enum Handler {
+    /// Proxied; the scheme is what X-Forwarded-Proto says.
+    Proxy(&'static str),
+    /// A redirect to HTTPS on this port.
+    RedirectToHttps(u16),
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    mut context: ConnectionContext,
+    handler: Handler,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
-    let proxy = ProxyService::new(Arc::clone(&context.runtime), peer, "http");
+    let proxy = match handler {
+        Handler::Proxy(scheme) => ProxyService::new(Arc::clone(&context.runtime), peer, scheme),
+        Handler::RedirectToHttps(port) => {
+            ProxyService::redirecting(Arc::clone(&context.runtime), peer, port)
+        }
+    };
     let service_activity = Arc::clone(&activity);
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = proxy.clone();

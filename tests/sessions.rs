@@ -667,7 +667,7 @@ async fn sessions_expire_when_idle_or_too_old_on_a_clock_the_test_moves() {
     let text = proxy_config(&[&backend], keys, "off");
     let config = Config::parse(Path::new("in-process.toml"), &text).unwrap();
     let app = App::bind(config, clock.clone()).await.unwrap();
-    let url = format!("http://{}/session", app.public_addresses()[0]);
+    let url = format!("http://{}/session", app.public_addresses()[0].0);
     let admin = app.admin_address().unwrap();
     tokio::spawn(app.serve(std::future::pending()));
     let minutes = |n: u64| Duration::from_secs(60 * n);

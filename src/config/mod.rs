@@ -8,7 +8,7 @@ mod raw;
 mod session;
 mod units;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -46,8 +46,14 @@ pub struct Config {
 /// The public listeners and the limits each client connection is held to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenConfig {
-    /// Addresses to listen on, each serving HTTP/1.1 and h2c.
+    /// Addresses to listen on, each serving HTTP/1.1 and h2c (or redirecting to HTTPS).
     pub addresses: Vec<SocketAddr>,
+    /// Addresses to listen on with TLS, each serving HTTP/1.1 and h2 (ALPN).
+    pub tls_addresses: Vec<SocketAddr>,
+    /// Certificates for the TLS listeners, chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificateConfig>,
+    /// Whether the plain addresses answer every request with a redirect to HTTPS.
+    pub redirect_to_https: bool,
     /// Connections beyond this wait in the kernel's accept queue until one closes.
     pub max_connections: usize,
     /// Time a client has to send a complete request head; then the connection is closed.
@@ -62,6 +68,15 @@ pub struct ListenConfig {
     pub max_uri_length: usize,
     /// How long a SIGTERM drain waits for in-flight requests before exiting anyway.
     pub shutdown_timeout: Duration,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 /// Where logs go and how they look.
@@ -462,6 +477,15 @@ impl Checker<'_> {
         });
     }
 
+    /// A path from the file: relative ones are taken from the config file's directory.
+    fn relative_to_file(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        match self.file.parent() {
+            Some(directory) if path.is_relative() => directory.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
     fn duration(
         &mut self,
         value: Option<Spanned<String>>,
@@ -588,13 +612,28 @@ impl Checker<'_> {
     fn listen(&mut self, raw: raw::RawListen) -> ListenConfig {
         let addresses_span = raw.addresses.span();
         let mut addresses = Vec::new();
-        for (i, address) in raw.addresses.into_inner().into_iter().enumerate() {
-            let key = format!("listen.addresses[{i}]");
+        let plain = raw
+            .addresses
+            .into_inner()
+            .into_iter()
+            .map(|a| ("addresses", a));
+        let tls = raw.tls_addresses.unwrap_or_default();
+        let tls = tls.into_iter().map(|a| ("tls_addresses", a));
+        let mut tls_addresses = Vec::new();
+        let mut index = HashMap::new();
+        for (list, address) in plain.chain(tls) {
+            let i = index.entry(list).or_insert(0usize);
+            let key = format!("listen.{list}[{i}]");
+            *i += 1;
             match address.get_ref().parse::<SocketAddr>() {
-                Ok(addr) if addresses.contains(&addr) => {
+                Ok(addr)
+                    if addr.port() != 0
+                        && (addresses.contains(&addr) || tls_addresses.contains(&addr)) =>
+                {
                     self.error(Some(address.span()), key, format!("{addr} is listed twice"))
                 }
-                Ok(addr) => addresses.push(addr),
+                Ok(addr) if list == "addresses" => addresses.push(addr),
+                Ok(addr) => tls_addresses.push(addr),
                 Err(_) => self.error(
                     Some(address.span()),
                     key,
@@ -605,15 +644,41 @@ impl Checker<'_> {
                 ),
             }
         }
-        if addresses.is_empty() && self.errors.is_empty() {
+        if addresses.is_empty() && tls_addresses.is_empty() && self.errors.is_empty() {
             self.error(
                 Some(addresses_span),
                 "listen.addresses",
-                "at least one address is required",
+                "at least one address (or tls_address) is required",
             );
+        }
+        let mut certificates = Vec::new();
+        for (i, certificate) in raw.certificate.unwrap_or_default().into_iter().enumerate() {
+            let files = CertificateConfig {
+                cert: self.relative_to_file(certificate.cert.get_ref()),
+                key: self.relative_to_file(certificate.key.get_ref()),
+            };
+            match crate::tls::load(&files.cert, &files.key) {
+                Ok(_) => certificates.push(files),
+                Err(message) => {
+                    let key = format!("listen.certificate[{i}]");
+                    self.error(Some(certificate.cert.span()), key, message)
+                }
+            }
+        }
+        if !tls_addresses.is_empty() && certificates.is_empty() && self.errors.is_empty() {
+            let message = "TLS listeners need at least one [[listen.certificate]]";
+            self.error(None, "listen.certificate", message);
+        }
+        let redirect_to_https = raw.redirect_to_https.unwrap_or(false);
+        if redirect_to_https && tls_addresses.is_empty() {
+            let message = "redirects to HTTPS need a TLS listener (listen.tls_addresses)";
+            self.error(None, "listen.redirect_to_https", message);
         }
         ListenConfig {
             addresses,
+            tls_addresses,
+            certificates,
+            redirect_to_https,
             max_connections: self.count(
                 raw.max_connections,
                 "listen.max_connections",

@@ -73,7 +73,11 @@ pub struct RawAdmin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
+    #[serde(default = "no_addresses")]
     pub addresses: Spanned<Vec<Spanned<String>>>,
+    pub tls_addresses: Option<Vec<Spanned<String>>>,
+    pub redirect_to_https: Option<bool>,
+    pub certificate: Option<Vec<RawCertificate>>,
     pub max_connections: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
@@ -81,6 +85,18 @@ pub struct RawListen {
     pub max_headers: Option<Spanned<i64>>,
     pub max_uri_length: Option<Spanned<RawSize>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+fn no_addresses() -> Spanned<Vec<Spanned<String>>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+/// `[[listen.certificate]]`: a PEM certificate chain and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// `[log]`: application log level and the access log.

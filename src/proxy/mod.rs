@@ -39,6 +39,8 @@ pub struct ProxyService {
     client: SocketAddr,
     /// `http` or `https`, for X-Forwarded-Proto.
     scheme: &'static str,
+    /// On a plain listener with `redirect_to_https`: the HTTPS port every request is sent to.
+    redirect_to: Option<u16>,
 }
 
 impl ProxyService {
@@ -48,6 +50,15 @@ impl ProxyService {
             runtime,
             client,
             scheme,
+            redirect_to: None,
+        }
+    }
+
+    /// A service that answers every request of `client` with a redirect to HTTPS on `port`.
+    pub fn redirecting(runtime: Arc<Runtime>, client: SocketAddr, port: u16) -> ProxyService {
+        ProxyService {
+            redirect_to: Some(port),
+            ..ProxyService::new(runtime, client, "http")
         }
     }
 
@@ -73,6 +84,9 @@ impl ProxyService {
             open_request,
             metrics: Arc::clone(&self.runtime.metrics),
         };
+        if let Some(port) = self.redirect_to {
+            return redirect_to_https(&request, port, completion);
+        }
         match self.forward(&snapshot, request, &mut completion).await {
             Ok((response, in_flight)) => {
                 let (parts, body) = response.into_parts();
@@ -506,6 +520,57 @@ impl SessionOutcome<'_> {
         response.headers_mut().append(SET_COOKIE, header);
         Ok(())
     }
+}
+
+/// 308 to the same host and target over HTTPS on `port` (the method and body are kept by the
+/// client); 400 for a request that names no host.
+fn redirect_to_https(
+    request: &Request<Incoming>,
+    port: u16,
+    mut completion: Completion,
+) -> Response<ResponseBody> {
+    let host = request
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            let value = request.headers().get(HOST)?.to_str().ok()?;
+            Some(normalize_host(value))
+        })
+        .filter(|host| !host.is_empty() && !host.contains(['/', '@', ' ']));
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", PathAndQuery::as_str);
+    let location = host.and_then(|host| {
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let port = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        HeaderValue::from_str(&format!("https://{host}{port}{target}")).ok()
+    });
+    let Some(location) = location else {
+        completion.status = StatusCode::BAD_REQUEST;
+        let mut response = Response::new(ResponseBody::local("400 Bad Request\n", completion));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    completion.status = StatusCode::PERMANENT_REDIRECT;
+    let mut response = Response::new(ResponseBody::local(
+        "308 Permanent Redirect: use HTTPS\n",
+        completion,
+    ));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response
+        .headers_mut()
+        .insert(http::header::LOCATION, location);
+    response
 }
 
 /// Points `request` at `backend`: an absolute URI naming it, the path and query kept.

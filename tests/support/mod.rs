@@ -560,6 +560,12 @@ impl Tandem {
         format!("http://{}{}", self.address, path)
     }
 
+    /// The TLS listener's address, from its log line.
+    pub fn tls_address(&self) -> SocketAddr {
+        let line = self.wait_log("listening with TLS");
+        listening_address(&line).expect("TLS address logged")
+    }
+
     /// The admin listener's address, from its log line.
     pub fn admin_address(&self) -> SocketAddr {
         let line = self.wait_log("admin listener ready");

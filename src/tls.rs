@@ -1,0 +1,163 @@
+//! TLS on the public listeners: certificates from PEM files, one chosen per connection by SNI,
+//! ALPN h2 and http/1.1, TLS 1.2 and 1.3 only (rustls speaks nothing older).
+//!
+//! The config check loads every certificate (so `--check` and a reload refuse a broken file
+//! with its location); the runtime builds a `ServerConfig` from the same files at start and on
+//! every reload, and swaps it in for new connections: connections already open keep theirs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::ring;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::CertificateConfig;
+
+/// One certificate chain with its key, and the names it serves.
+pub struct LoadedCertificate {
+    /// The chain and the signing key.
+    pub key: Arc<CertifiedKey>,
+    /// The DNS names of its subject alternative names (wildcards as `*.example.com`).
+    pub names: Vec<String>,
+}
+
+/// Reads a PEM certificate chain and its PEM private key, checks that they belong together,
+/// and reads the names the certificate is for.
+pub fn load(cert: &Path, key: &Path) -> Result<LoadedCertificate, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!("{} holds no certificate", cert.display()));
+    };
+    let names = names_of(leaf).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{} is not a PEM private key: {e}", key.display()))?;
+    let provider = ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|_| {
+        format!(
+            "the key in {} does not belong to the certificate in {}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(LoadedCertificate {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// The DNS names a certificate is for: its subject alternative names, else its common name.
+fn names_of(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, parsed) =
+        X509Certificate::from_der(leaf).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(alternatives)) = parsed.subject_alternative_name() {
+        for name in &alternatives.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            parsed
+                .subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Ok(names)
+}
+
+/// Picks a certificate by the name the client asked for (SNI): an exact name, then a wildcard
+/// for its parent domain; else (no SNI, unknown name) the first certificate configured.
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("names", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcards", &self.wildcard.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SniResolver {
+    fn new(certificates: Vec<LoadedCertificate>) -> Option<SniResolver> {
+        let default = Arc::clone(&certificates.first()?.key);
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for certificate in certificates {
+            for name in certificate.names {
+                // The first certificate to claim a name keeps it.
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_string()),
+                    None => exact.entry(name),
+                }
+                .or_insert_with(|| Arc::clone(&certificate.key));
+            }
+        }
+        Some(SniResolver {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return Arc::clone(&self.default);
+        };
+        let by_wildcard = || {
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent)
+        };
+        Arc::clone(
+            self.exact
+                .get(&name)
+                .or_else(by_wildcard)
+                .unwrap_or(&self.default),
+        )
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// The rustls server settings for `certificates`: SNI, ALPN h2 and http/1.1, TLS 1.2 and 1.3.
+pub fn server_config(certificates: &[CertificateConfig]) -> Result<Arc<ServerConfig>, String> {
+    let loaded = certificates
+        .iter()
+        .map(|c| load(&c.cert, &c.key))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resolver = SniResolver::new(loaded).ok_or("no certificate configured")?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

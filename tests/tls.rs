@@ -1,0 +1,355 @@
+//! TLS on the public listeners, with certificates made at test time (rcgen): TLS 1.3 with h2
+//! and with http/1.1 (a hyper client over tokio-rustls, and curl), the certificate picked by
+//! SNI, certificates swapped on reload without dropping open connections, a broken certificate
+//! refused, TLS 1.0 refused, and the plain listener's redirect to HTTPS.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::ServerName;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A test CA and the certificates it issued, as files in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tandem test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+        };
+        std::fs::write(pki.path("ca.pem"), pki.ca.pem()).unwrap();
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues a certificate for `names` into `<stem>.pem` and `<stem>.key`; returns its DER.
+    fn issue(&self, stem: &str, names: &[&str]) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.ca)
+            .unwrap();
+        std::fs::write(self.path(&format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{stem}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn certificate_tables(&self, stems: &[&str]) -> String {
+        stems
+            .iter()
+            .map(|stem| {
+                format!(
+                    "[[listen.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+                    self.path(&format!("{stem}.pem")).display(),
+                    self.path(&format!("{stem}.key")).display()
+                )
+            })
+            .collect()
+    }
+
+    /// A rustls client trusting this CA, offering `alpn`.
+    fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// The config: a plain listener (redirecting to HTTPS when asked), a TLS listener with the
+/// certificates `stems`, one pool over `backend`.
+fn tls_config(pki: &Pki, stems: &[&str], backend: &Backend, redirect: bool) -> String {
+    format!(
+        "[listen]\naddresses = [\"127.0.0.1:0\"]\ntls_addresses = [\"127.0.0.1:0\"]\nredirect_to_https = {redirect}\n{}\n[log]\nlevel = \"info\"\n\n{}",
+        pki.certificate_tables(stems),
+        pool("web", "round_robin", "", &[backend])
+    )
+}
+
+/// What one TLS connection negotiated, and the answer to one GET over it.
+struct Exchange {
+    version: rustls::ProtocolVersion,
+    alpn: Option<Vec<u8>>,
+    certificate: Vec<u8>,
+    status: u16,
+    body: String,
+}
+
+/// Opens a TLS connection to `address` for `server_name` offering `alpn`, and sends `GET path`
+/// with HTTP/2 or HTTP/1.1 as negotiated.
+async fn exchange(
+    pki: &Pki,
+    address: SocketAddr,
+    server_name: &str,
+    alpn: &[u8],
+    path: &str,
+) -> Exchange {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let tls = pki
+        .client(&[alpn])
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (_, session) = tls.get_ref();
+    let version = session.protocol_version().unwrap();
+    let negotiated = session.alpn_protocol().map(<[u8]>::to_vec);
+    let certificate = session.peer_certificates().unwrap()[0].to_vec();
+    let request = http::Request::get(format!("https://{server_name}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let io = TokioIo::new(tls);
+    let response = if negotiated.as_deref() == Some(b"h2") {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    };
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Exchange {
+        version,
+        alpn: negotiated,
+        certificate,
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn curl(pki: &Pki, address: SocketAddr, host: &str, arguments: &[&str]) -> (bool, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("{host}:{}:127.0.0.1", address.port()))
+        .args(arguments)
+        .arg(format!("https://{host}:{}/", address.port()))
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run curl ({error}): run scripts/install-test-deps.sh, which installs Debian's curl"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_13_serves_h2_and_http11_with_the_certificate_sni_names() {
+    let backend = Backend::start("app").await;
+    let pki = Pki::new();
+    let a = pki.issue("a", &["a.test"]);
+    let b = pki.issue("b", &["b.test"]);
+    let wild = pki.issue("wild", &["*.wild.test"]);
+    let tandem = Tandem::start(&tls_config(&pki, &["a", "b", "wild"], &backend, false));
+    let address = tandem.tls_address();
+
+    for (alpn, expected) in [(&b"h2"[..], "h2"), (b"http/1.1", "http/1.1")] {
+        let seen = exchange(&pki, address, "b.test", alpn, "/").await;
+        assert_eq!(seen.version, rustls::ProtocolVersion::TLSv1_3);
+        assert_eq!(seen.alpn.as_deref(), Some(expected.as_bytes()));
+        assert_eq!((seen.status, seen.body.as_str()), (200, "app"));
+        assert_eq!(seen.certificate, b, "SNI b.test gets b's certificate");
+    }
+    assert_eq!(
+        exchange(&pki, address, "a.test", b"h2", "/")
+            .await
+            .certificate,
+        a
+    );
+    assert_eq!(
+        exchange(&pki, address, "shop.wild.test", b"h2", "/")
+            .await
+            .certificate,
+        wild
+    );
+    // The backend hears that the client came over TLS.
+    let headers = exchange(&pki, address, "a.test", b"http/1.1", "/headers").await;
+    assert!(
+        headers.body.contains("x-forwarded-proto: https"),
+        "{}",
+        headers.body
+    );
+
+    // curl, as a user would run it.
+    let (ok, out) = curl(
+        &pki,
+        address,
+        "b.test",
+        &["--http2", "--tlsv1.3", "-w", " %{http_version}"],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out, "app 2");
+    let (ok, out) = curl(
+        &pki,
+        address,
+        "b.test",
+        &["--http1.1", "-w", " %{http_version}"],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out, "app 1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_10_client_is_refused() {
+    let backend = Backend::start("app").await;
+    let pki = Pki::new();
+    pki.issue("a", &["a.test"]);
+    let tandem = Tandem::start(&tls_config(&pki, &["a"], &backend, false));
+    // A TLS 1.0 ClientHello (no extensions; one TLS 1.0 cipher suite), written by hand since
+    // no client here still speaks TLS 1.0.
+    let mut hello = vec![0x03, 0x01];
+    hello.extend_from_slice(&[7u8; 32]);
+    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]);
+    let mut handshake = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    let mut stream = tokio::net::TcpStream::connect(tandem.tls_address())
+        .await
+        .unwrap();
+    stream.write_all(&record).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was closed");
+    assert_eq!(
+        answer.first(),
+        Some(&0x15),
+        "an alert, not a ServerHello: {answer:?}"
+    );
+    tandem.wait_log("TLS handshake failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_certificates_without_dropping_connections_and_refuses_a_broken_one() {
+    let backend = Backend::start("app").await;
+    let pki = Pki::new();
+    let old = pki.issue("a", &["a.test"]);
+    let config = tls_config(&pki, &["a"], &backend, false);
+    let tandem = Tandem::start(&config);
+    let address = tandem.tls_address();
+    // A connection opened before the reload.
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = ServerName::try_from("a.test").unwrap();
+    let tls = pki.client(&[b"h2"]).connect(name, tcp).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+
+    let renewed = pki.issue("a", &["a.test"]);
+    assert_ne!(old, renewed);
+    tandem.reload(&config);
+    assert_eq!(
+        exchange(&pki, address, "a.test", b"h2", "/")
+            .await
+            .certificate,
+        renewed
+    );
+    let request = http::Request::get("https://a.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("the old connection still works");
+    assert_eq!(response.status(), 200);
+
+    // A broken certificate file: the reload is refused with its location, the old one stays.
+    std::fs::write(pki.path("a.pem"), "-----BEGIN CERTIFICATE-----\nnonsense\n").unwrap();
+    tandem.signal(nix::sys::signal::Signal::SIGHUP);
+    tandem.wait_log_all(&["config error", "listen.certificate[0]"]);
+    tandem.wait_log("reload refused");
+    assert_eq!(
+        exchange(&pki, address, "a.test", b"h2", "/")
+            .await
+            .certificate,
+        renewed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_listener_redirects_to_https() {
+    let backend = Backend::start("app").await;
+    let pki = Pki::new();
+    pki.issue("a", &["a.test"]);
+    let tandem = Tandem::start(&tls_config(&pki, &["a"], &backend, true));
+    let https_port = tandem.tls_address().port();
+    let answer = get_with(
+        &client(),
+        &tandem.url("/cart?item=1"),
+        &[("host", "a.test:80")],
+    )
+    .await;
+    assert_eq!(answer.status, 308);
+    assert_eq!(
+        answer.headers["location"],
+        format!("https://a.test:{https_port}/cart?item=1").as_str()
+    );
+    assert_eq!(
+        backend.count(),
+        0,
+        "nothing reaches a backend in plain HTTP"
+    );
+}
+
+#[test]
+fn check_names_a_certificate_that_does_not_match_its_key() {
+    let pki = Pki::new();
+    pki.issue("a", &["a.test"]);
+    pki.issue("b", &["b.test"]);
+    let config = format!(
+        "[listen]\ntls_addresses = [\"127.0.0.1:0\"]\n[[listen.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:9\"\n",
+        pki.path("a.pem").display(),
+        pki.path("b.key").display()
+    );
+    let file = pki.path("tandem.toml");
+    std::fs::write(&file, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["--check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tandem.toml:4: listen.certificate[0]")
+            && stderr.contains("does not belong"),
+        "{stderr}"
+    );
+}
