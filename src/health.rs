@@ -20,6 +20,8 @@ use tokio::task::JoinSet;
 use crate::config::HealthConfig;
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool};
+use crate::tls;
+use hyper_rustls::HttpsConnector;
 
 /// Most of a probe's response body read when looking for `expect_body`.
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -39,9 +41,12 @@ impl HealthChecks {
                 continue;
             };
             // A fresh connection for every probe, so that a check also proves the backend accepts.
-            let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            let connector = tls::backend_connector(&pool.name, pool.config.tls.as_ref(), http);
+            let client = Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
-                .build(HttpConnector::new());
+                .build(connector);
             for backend in &pool.backends {
                 let probe = Probe {
                     metrics: Arc::clone(metrics),
@@ -49,6 +54,11 @@ impl HealthChecks {
                     backend: Arc::clone(backend),
                     health: health.clone(),
                     client: client.clone(),
+                    scheme: if pool.config.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
                 };
                 tasks.spawn(probe.run());
             }
@@ -63,7 +73,9 @@ struct Probe {
     pool: Arc<str>,
     backend: Arc<Backend>,
     health: HealthConfig,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// `https` for a pool with `[pool.tls]`.
+    scheme: &'static str,
 }
 
 impl Probe {
@@ -116,7 +128,10 @@ impl Probe {
     /// One probe: `Ok` if the backend answered in time with an expected status (and body).
     async fn probe(&self) -> Result<(), String> {
         let health = &self.health;
-        let uri = format!("http://{}{}", self.backend.authority, health.path);
+        let uri = format!(
+            "{}://{}{}",
+            self.scheme, self.backend.authority, health.path
+        );
         let host = match &health.host {
             Some(host) => HeaderValue::from_str(host),
             None => HeaderValue::from_str(self.backend.authority.as_str()),

@@ -129,6 +129,7 @@ mod tests {
             slow_start: None,
             sticky: None,
             health: None,
+            tls: None,
             retry: crate::config::RetryConfig {
                 attempts: 1,
                 budget: 0.0,

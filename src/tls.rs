@@ -1,5 +1,6 @@
-//! TLS on the public listeners: certificates from PEM files, one chosen per connection by SNI,
-//! ALPN h2 and http/1.1, TLS 1.2 and 1.3 only (rustls speaks nothing older).
+//! TLS on the public listeners (certificates from PEM files, one chosen per connection by SNI,
+//! ALPN h2 and http/1.1, TLS 1.2 and 1.3 only: rustls speaks nothing older), and TLS to the
+//! backends of a pool with `[pool.tls]`.
 //!
 //! The config check loads every certificate (so `--check` and a reload refuse a broken file
 //! with its location); the runtime builds a `ServerConfig` from the same files at start and on
@@ -17,7 +18,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::CertificateConfig;
+use crate::config::{BackendTlsConfig, CertificateConfig};
 
 /// One certificate chain with its key, and the names it serves.
 pub struct LoadedCertificate {
@@ -160,4 +161,135 @@ pub fn server_config(certificates: &[CertificateConfig]) -> Result<Arc<ServerCon
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Reads the CA certificates of a PEM file (for `[pool.tls] ca`).
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for certificate in certificates {
+        let certificate = certificate
+            .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+/// The rustls client settings for a pool's backends: its CA file, else the operating system's
+/// trust store; with `insecure_skip_verify`, no verification at all. (hyper-rustls sets ALPN
+/// to http/1.1 itself.)
+pub fn client_config(tls: Option<&BackendTlsConfig>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS settings: {e}"))?;
+    let config = match tls {
+        Some(tls) if tls.insecure_skip_verify => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+        Some(BackendTlsConfig { ca: Some(ca), .. }) => builder
+            .with_root_certificates(load_roots(ca)?)
+            .with_no_client_auth(),
+        Some(_) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        // A pool without TLS never makes a TLS connection; its settings go unused.
+        None => builder
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// `insecure_skip_verify`: accepts every certificate (signatures on the handshake are still
+/// checked, so the session is encrypted, but with whom is unknown).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A connector for a pool's backends: `inner` for plain HTTP, TLS over it for `https` URIs.
+/// A settings error (a CA file gone since the config check) is logged, and the pool's TLS
+/// connections then fail with a clear reason instead of tandem failing to run.
+pub fn backend_connector<C>(
+    pool: &str,
+    tls: Option<&BackendTlsConfig>,
+    inner: C,
+) -> hyper_rustls::HttpsConnector<C> {
+    let config = client_config(tls).unwrap_or_else(|error| {
+        tracing::error!(pool, %error, "backend TLS settings unusable: TLS connections of this pool will fail");
+        client_config(None).expect("empty roots always make a client config")
+    });
+    if tls.is_some_and(|tls| tls.insecure_skip_verify) {
+        tracing::warn!(
+            pool,
+            "[pool.tls] insecure_skip_verify: backend certificates are NOT verified; anyone on the path can impersonate them"
+        );
+    }
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let fixed_name = tls
+        .and_then(|tls| tls.server_name.clone())
+        .and_then(|name| rustls_pki_types::ServerName::try_from(name).ok());
+    let builder = match fixed_name {
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    builder.enable_http1().wrap_connector(inner)
 }

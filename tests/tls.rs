@@ -353,3 +353,77 @@ fn check_names_a_certificate_that_does_not_match_its_key() {
         "{stderr}"
     );
 }
+
+/// A backend that speaks HTTP/1.1 over TLS with the certificate `<stem>.pem`, answering
+/// `tls backend` to everything.
+async fn tls_backend(pki: &Pki, stem: &str) -> SocketAddr {
+    let cert = pki.path(&format!("{stem}.pem"));
+    let key = pki.path(&format!("{stem}.key"));
+    let certificates = vec![tandem::config::CertificateConfig { cert, key }];
+    let config = tandem::tls::server_config(&certificates).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(text("tls backend"))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+fn tls_pool(backend: SocketAddr, tls_keys: &str) -> String {
+    config(&format!(
+        "[[pool]]\nname = \"secure\"\n[pool.tls]\n{tls_keys}\n[[pool.backend]]\naddress = \"{backend}\"\n"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_over_tls_are_verified_against_the_pools_ca() {
+    let pki = Pki::new();
+    pki.issue("backend", &["127.0.0.1", "backend.internal"]);
+    pki.issue("named", &["backend.internal"]);
+    let by_ip = tls_backend(&pki, "backend").await;
+    let by_name = tls_backend(&pki, "named").await;
+    let ca = format!("ca = \"{}\"", pki.path("ca.pem").display());
+
+    let verified = Tandem::start(&tls_pool(by_ip, &ca));
+    let answer = get(&client(), &verified.url("/")).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.body.as_str()),
+        (200, "tls backend")
+    );
+
+    // A certificate for a name, not the IP: verified against `server_name`.
+    let named = Tandem::start(&tls_pool(
+        by_name,
+        &format!("{ca}\nserver_name = \"backend.internal\""),
+    ));
+    assert_eq!(get(&client(), &named.url("/")).await.status, 200);
+    let unnamed = Tandem::start(&tls_pool(by_name, &ca));
+    assert_eq!(get(&client(), &unnamed.url("/")).await.status, 502);
+    unnamed.wait_log("certificate");
+
+    // Another CA's certificate is refused.
+    let stranger = Pki::new();
+    let other_ca = format!("ca = \"{}\"", stranger.path("ca.pem").display());
+    let refused = Tandem::start(&tls_pool(by_ip, &other_ca));
+    assert_eq!(get(&client(), &refused.url("/")).await.status, 502);
+    refused.wait_log("invalid peer certificate");
+
+    // The test-only opt-out works, and says so loudly.
+    let insecure = Tandem::start(&tls_pool(by_ip, "insecure_skip_verify = true"));
+    assert_eq!(get(&client(), &insecure.url("/")).await.status, 200);
+    insecure.wait_log("NOT verified");
+}

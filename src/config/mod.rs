@@ -150,8 +150,23 @@ pub struct PoolConfig {
     pub retry: RetryConfig,
     /// When failures of real requests take a backend out of rotation for a while.
     pub passive: PassiveConfig,
+    /// TLS to the backends; `None` without a `[pool.tls]` table (plain HTTP).
+    pub tls: Option<BackendTlsConfig>,
     /// The pool's backends, in file order.
     pub backends: Vec<BackendConfig>,
+}
+
+/// How tandem talks TLS to a pool's backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendTlsConfig {
+    /// PEM file of the CA certificates that backend certificates must chain to; `None`: the
+    /// operating system's trust store.
+    pub ca: Option<PathBuf>,
+    /// The name backend certificates are checked against (and sent as SNI); `None`: each
+    /// backend's host (an IP address is checked against the certificate's IP SANs).
+    pub server_name: Option<String>,
+    /// Accept any backend certificate. For tests only: logged loudly on every start and reload.
+    pub insecure_skip_verify: bool,
 }
 
 /// When a failed attempt is tried again on another backend. Only requests tandem holds whole
@@ -934,7 +949,50 @@ impl Checker<'_> {
             health: raw.health.map(|health| self.health(&prefix, health)),
             retry: self.retry(&prefix, raw.retry),
             passive: self.passive(&prefix, raw.passive),
+            tls: raw.tls.map(|tls| self.pool_tls(&prefix, tls)),
             backends,
+        }
+    }
+
+    /// Checks `[pool.tls]`: the CA file is read, the server name is a DNS name.
+    fn pool_tls(&mut self, prefix: &str, raw: raw::RawPoolTls) -> BackendTlsConfig {
+        let ca = raw.ca.and_then(|ca| {
+            let path = self.relative_to_file(ca.get_ref());
+            match crate::tls::load_roots(&path) {
+                Ok(_) => Some(path),
+                Err(message) => {
+                    self.error(Some(ca.span()), format!("{prefix}.tls.ca"), message);
+                    None
+                }
+            }
+        });
+        let server_name = raw.server_name.and_then(|name| {
+            match rustls_pki_types::ServerName::try_from(name.get_ref().as_str()) {
+                Ok(_) => Some(name.into_inner()),
+                Err(_) => {
+                    let message = format!("`{}` is not a DNS name or IP address", name.get_ref());
+                    self.error(
+                        Some(name.span()),
+                        format!("{prefix}.tls.server_name"),
+                        message,
+                    );
+                    None
+                }
+            }
+        });
+        let insecure = raw
+            .insecure_skip_verify
+            .as_ref()
+            .is_some_and(|v| *v.get_ref());
+        if insecure && ca.is_some() {
+            let span = raw.insecure_skip_verify.as_ref().map(Spanned::span);
+            let message = "a CA and no verification at all contradict each other: drop one";
+            self.error(span, format!("{prefix}.tls.insecure_skip_verify"), message);
+        }
+        BackendTlsConfig {
+            ca,
+            server_name,
+            insecure_skip_verify: insecure,
         }
     }
 

@@ -134,8 +134,18 @@ pub struct RawPool {
     pub health: Option<RawHealth>,
     pub retry: Option<RawRetry>,
     pub passive: Option<RawPassive>,
+    pub tls: Option<RawPoolTls>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+/// `[pool.tls]`: TLS to the pool's backends; present means on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTls {
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 /// `[pool.retry]`: trying a failed request again on another backend.

@@ -201,7 +201,12 @@ impl ProxyService {
             let mut attempt = resend
                 .build()
                 .expect("an attempt is made only while the request can be sent");
-            aim(&mut attempt, backend);
+            let scheme = if pool.config.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            };
+            aim(&mut attempt, backend, scheme);
             let in_flight = backend.live.start();
             let sent = Instant::now();
             match pool.upstream.send(attempt).await {
@@ -573,15 +578,16 @@ fn redirect_to_https(
     response
 }
 
-/// Points `request` at `backend`: an absolute URI naming it, the path and query kept.
-fn aim(request: &mut Request<RequestBody>, backend: &Backend) {
+/// Points `request` at `backend`: an absolute URI naming it (`https` for a TLS pool), the path
+/// and query kept.
+fn aim(request: &mut Request<RequestBody>, backend: &Backend, scheme: Scheme) {
     let path_and_query = request
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(backend.authority.clone());
     parts.path_and_query = Some(path_and_query);
     *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");

@@ -9,10 +9,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::PoolConfig;
+use crate::config::{BackendTlsConfig, PoolConfig};
 use crate::error::{chain, ProxyError};
 use crate::proxy::body::RequestBody;
 use crate::proxy::connector::{self, StampingConnector};
+use crate::tls;
+use hyper_rustls::HttpsConnector;
 
 /// The settings a client is built from; a reload keeps the client (and its idle connections)
 /// when they are unchanged.
@@ -22,6 +24,7 @@ struct Settings {
     response_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_backend: usize,
+    tls: Option<BackendTlsConfig>,
 }
 
 impl Settings {
@@ -31,13 +34,14 @@ impl Settings {
             response_timeout: pool.response_timeout,
             idle_timeout: pool.idle_timeout,
             max_idle_per_backend: pool.max_idle_per_backend,
+            tls: pool.tls.clone(),
         }
     }
 }
 
 /// Sends requests to a pool's backends over pooled HTTP/1.1 connections.
 pub struct Upstream {
-    client: Client<StampingConnector, RequestBody>,
+    client: Client<HttpsConnector<StampingConnector>, RequestBody>,
     settings: Settings,
 }
 
@@ -48,11 +52,15 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
+        // `https` URIs too: TLS is layered on top for pools with `[pool.tls]`.
+        connector.enforce_http(false);
+        let connector =
+            tls::backend_connector(&pool.name, pool.tls.as_ref(), StampingConnector(connector));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(settings.max_idle_per_backend)
-            .build(StampingConnector(connector));
+            .build(connector);
         Upstream { client, settings }
     }
 
