@@ -40,6 +40,9 @@ use crate::runtime::Runtime;
 use crate::session::{contract, id, SessionStore};
 use crate::status::StatusPage;
 
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest request body the session API reads (a merge patch).
 const MAX_BODY: usize = 1 << 20;
 /// Sessions per listing page: the default and the most.
@@ -54,12 +57,15 @@ pub struct Admin {
     token_digest: Option<[u8; 32]>,
     /// The status page and what it remembers between renders.
     status: StatusPage,
+    /// Whether connections speak TLS (with the public listeners' certificates).
+    tls: bool,
 }
 
 impl Admin {
-    /// The admin endpoints over `runtime`, the API guarded by `token`.
-    pub fn new(runtime: Arc<Runtime>, token: Option<&str>) -> Admin {
+    /// The admin endpoints over `runtime`, the API guarded by `token`, over TLS when `tls`.
+    pub fn new(runtime: Arc<Runtime>, token: Option<&str>, tls: bool) -> Admin {
         Admin {
+            tls,
             runtime,
             token_digest: token.map(|token| Sha256::digest(token.as_bytes()).into()),
             status: StatusPage::default(),
@@ -79,16 +85,37 @@ impl Admin {
             };
             let admin = Arc::clone(&self);
             tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let admin = Arc::clone(&admin);
-                    async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if !admin.tls {
+                    admin.serve_connection(stream, peer).await;
+                    return;
+                }
+                let Some(config) = admin.runtime.tls_config() else {
+                    return;
+                };
+                let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting).await {
+                    Ok(Ok(tls)) => admin.serve_connection(tls, peer).await,
+                    Ok(Err(error)) => {
+                        tracing::info!(client = %peer, %error, "admin TLS handshake failed")
+                    }
+                    Err(_) => tracing::info!(client = %peer, "admin TLS handshake timed out"),
+                }
             });
         }
+    }
+
+    async fn serve_connection<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |request| {
+            let admin = Arc::clone(&self);
+            async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
+        });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let _ = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
     }
 
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {

@@ -53,7 +53,7 @@ impl App {
             .map(|listener| (listener, plain_kind))
             .chain(tls_listeners.into_iter().map(|l| (l, ListenerKind::Tls)))
             .collect();
-        let tls = if listen.tls_addresses.is_empty() {
+        let tls = if listen.certificates.is_empty() {
             None
         } else {
             let built = crate::tls::server_config(&listen.certificates)
@@ -87,10 +87,11 @@ impl App {
             store
         });
         let token = config.admin.as_ref().and_then(|a| a.token.clone());
+        let admin_tls = config.admin.as_ref().is_some_and(|a| a.tls);
         let limits = config.listen.clone();
         let runtime = Arc::new(Runtime::new(config, sessions, metrics, tls));
         let admin = admin_listener.map(|listener| {
-            let admin = Admin::new(Arc::clone(&runtime), token.as_deref());
+            let admin = Admin::new(Arc::clone(&runtime), token.as_deref(), admin_tls);
             (listener, Arc::new(admin))
         });
         Ok(App {

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub requests: RequestMetrics,
     /// Client connections open now.
     pub client_connections: IntGauge,
+    /// Connections to backends open now, by pool and backend.
+    pub backend_connections: IntGaugeVec,
     /// Health-check results and flips.
     pub health: HealthMetrics,
     /// Config reloads by result (`ok`, `refused`).
@@ -189,6 +191,11 @@ impl Metrics {
         for result in ["ok", "refused"] {
             reloads.with_label_values(&[result]);
         }
+        let backend_connections = r.gauges(
+            "tandem_backend_connections",
+            "Connections to backends open now (in use or kept alive).",
+            &["pool", "backend"],
+        );
         let client_connections = r.gauge(
             "tandem_client_connections",
             "Client connections open on the public listeners.",
@@ -199,6 +206,7 @@ impl Metrics {
             sessions,
             requests,
             client_connections,
+            backend_connections,
             health,
             reloads,
             backends,

@@ -14,6 +14,7 @@ use crate::balancer::{self, Candidates, Select};
 use crate::config::{
     BackendConfig, BackendState, PassiveConfig, PoolConfig, StickyConfig, StickyMode,
 };
+use crate::metrics::Metrics;
 use crate::placement::{CookieTemplates, StickyTable};
 use crate::proxy::upstream::Upstream;
 use crate::retry::RetryBudget;
@@ -293,7 +294,7 @@ impl Pool {
     /// Builds a pool. `previous` is the pool of the same name before a reload, if any: its
     /// backends' live state (open requests, health) and, when the connection settings are
     /// unchanged, its keep-alive connections are kept.
-    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+    pub fn new(config: PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
@@ -333,7 +334,7 @@ impl Pool {
             .collect();
         let upstream = match previous {
             Some(p) if p.upstream.settings_match(&config) => Arc::clone(&p.upstream),
-            _ => Arc::new(Upstream::new(&config)),
+            _ => Arc::new(Upstream::new(&config, metrics)),
         };
         let balancer = balancer::for_method(config.balance, &backends);
         let by_route = backends

@@ -30,14 +30,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(config: Config, previous: Option<&Snapshot>) -> Snapshot {
+    fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
         let pools = config
             .pools
             .iter()
             .map(|pool| {
                 let old =
                     previous.and_then(|p| p.pools.iter().find(|old| old.config.name == pool.name));
-                Arc::new(Pool::new(pool.clone(), old.map(|p| p.as_ref())))
+                Arc::new(Pool::new(pool.clone(), old.map(|p| p.as_ref()), metrics))
             })
             .collect();
         Snapshot {
@@ -76,7 +76,7 @@ impl Runtime {
         metrics: Arc<Metrics>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Runtime {
-        let snapshot = Snapshot::build(config, None);
+        let snapshot = Snapshot::build(config, None, &metrics);
         let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools, &metrics)));
         Runtime {
             current: ArcSwap::from_pointee(snapshot),
@@ -154,7 +154,7 @@ impl Runtime {
                 )),
             }
         }
-        let snapshot = Arc::new(Snapshot::build(config, Some(&previous)));
+        let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.metrics));
         let checks = HealthChecks::start(&snapshot.pools, &self.metrics);
         self.current.store(snapshot);
         let mut health = self

@@ -100,6 +100,15 @@ async fn the_metrics_pass_promtool_and_count_what_happened() {
             backend.address
         );
         assert_eq!(series(&exposition, &active), Some(1.0));
+        let connections = format!(
+            "tandem_backend_connections{{backend=\"{}\",pool=\"web\"}}",
+            backend.address
+        );
+        let open = series(&exposition, &connections).unwrap_or(0.0);
+        assert!(
+            open >= 1.0,
+            "kept-alive connections are counted: {connections} = {open}"
+        );
     }
     assert_eq!(
         series(&exposition, "tandem_request_body_bytes_total{pool=\"web\"}"),

@@ -427,3 +427,38 @@ async fn backends_over_tls_are_verified_against_the_pools_ca() {
     assert_eq!(get(&client(), &insecure.url("/")).await.status, 200);
     insecure.wait_log("NOT verified");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_can_speak_tls_too() {
+    let backend = Backend::start("app").await;
+    let pki = Pki::new();
+    pki.issue("a", &["a.test"]);
+    let config = tls_config(&pki, &["a"], &backend, false).replacen(
+        "[log]",
+        "[admin]\naddress = \"127.0.0.1:0\"\ntls = true\n\n[log]",
+        1,
+    );
+    let tandem = Tandem::start(&config);
+    let admin = tandem.admin_address();
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("a.test:{}:127.0.0.1", admin.port()))
+        .arg(format!("https://a.test:{}/healthz", admin.port()))
+        .output()
+        .expect("curl: run scripts/install-test-deps.sh");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
+    // Plain HTTP gets no answer.
+    let plain = tokio::time::timeout(
+        DEADLINE,
+        client().request(
+            http::Request::get(format!("http://{admin}/healthz"))
+                .body(empty())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("answered or closed in time");
+    assert!(plain.is_err(), "plain HTTP on a TLS admin listener");
+}

@@ -607,6 +607,10 @@ impl Checker<'_> {
         let session = self.session(raw.session);
         let admin = self.admin(raw.admin);
         if let Some(admin) = &admin {
+            if admin.tls && listen.certificates.is_empty() {
+                let message = "the admin listener's TLS uses the [[listen.certificate]]s: add one";
+                self.error(None, "admin.tls", message);
+            }
             if admin.address.port() != 0 && listen.addresses.contains(&admin.address) {
                 let message = format!("{} is also a public listener", admin.address);
                 self.error(None, "admin.address", message);

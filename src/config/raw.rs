@@ -67,6 +67,7 @@ pub enum RawSecure {
 pub struct RawAdmin {
     pub address: Spanned<String>,
     pub token: Option<Spanned<String>>,
+    pub tls: Option<Spanned<bool>>,
 }
 
 /// `[listen]`: the public listeners and the limits every client connection is held to.

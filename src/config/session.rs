@@ -89,6 +89,8 @@ pub struct AdminConfig {
     pub address: SocketAddr,
     /// Bearer token for the session API; `None` leaves the API closed (every call 401).
     pub token: Option<String>,
+    /// Whether it speaks TLS, with the `[[listen.certificate]]`s.
+    pub tls: bool,
 }
 
 /// Shortest admin token accepted: it guards every user's session.
@@ -369,7 +371,11 @@ impl Checker<'_> {
                 None
             }
         };
-        Some(AdminConfig { address, token })
+        Some(AdminConfig {
+            address,
+            token,
+            tls: raw.tls.is_some_and(|tls| *tls.get_ref()),
+        })
     }
 }
 

@@ -18,6 +18,8 @@ use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use prometheus::{IntGauge, IntGaugeVec};
+use std::sync::Arc;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
@@ -25,9 +27,17 @@ use tower_service::Service;
 #[derive(Debug, Clone, Copy)]
 pub struct OpenedAt(pub Instant);
 
-/// `HttpConnector`, stamping each connection with [`OpenedAt`].
+/// `HttpConnector`, stamping each connection with [`OpenedAt`] and counting the open ones in
+/// `tandem_backend_connections{pool, backend}`.
 #[derive(Clone)]
-pub struct StampingConnector(pub HttpConnector);
+pub struct StampingConnector {
+    /// The TCP connector.
+    pub inner: HttpConnector,
+    /// The pool's name, for the gauge's label.
+    pub pool: Arc<str>,
+    /// Open connections by pool and backend.
+    pub open: IntGaugeVec,
+}
 
 impl Service<Uri> for StampingConnector {
     type Response = Stamped;
@@ -35,27 +45,38 @@ impl Service<Uri> for StampingConnector {
     type Future = Pin<Box<dyn Future<Output = Result<Stamped, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
+        let backend = uri.authority().map_or("", |a| a.as_str()).to_string();
+        let open = self.open.with_label_values(&[&*self.pool, &backend]);
+        let connecting = self.inner.call(uri);
         Box::pin(async move {
             let io = connecting.await?;
+            open.inc();
             Ok(Stamped {
                 io,
                 opened: Instant::now(),
+                open,
             })
         })
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A TCP connection to a backend and when it was opened.
+    /// A TCP connection to a backend, when it was opened, and its place in the gauge.
     pub struct Stamped {
         #[pin]
         io: TokioIo<TcpStream>,
         opened: Instant,
+        open: IntGauge,
+    }
+
+    impl PinnedDrop for Stamped {
+        fn drop(this: Pin<&mut Self>) {
+            this.open.dec();
+        }
     }
 }
 

@@ -9,8 +9,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use std::sync::Arc;
+
 use crate::config::{BackendTlsConfig, PoolConfig};
 use crate::error::{chain, ProxyError};
+use crate::metrics::Metrics;
 use crate::proxy::body::RequestBody;
 use crate::proxy::connector::{self, StampingConnector};
 use crate::tls;
@@ -47,15 +50,19 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client with `pool`'s timeouts and keep-alive limits.
-    pub fn new(pool: &PoolConfig) -> Upstream {
+    pub fn new(pool: &PoolConfig, metrics: &Metrics) -> Upstream {
         let settings = Settings::of(pool);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
         // `https` URIs too: TLS is layered on top for pools with `[pool.tls]`.
         connector.enforce_http(false);
-        let connector =
-            tls::backend_connector(&pool.name, pool.tls.as_ref(), StampingConnector(connector));
+        let stamping = StampingConnector {
+            inner: connector,
+            pool: Arc::from(pool.name.as_str()),
+            open: metrics.backend_connections.clone(),
+        };
+        let connector = tls::backend_connector(&pool.name, pool.tls.as_ref(), stamping);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
