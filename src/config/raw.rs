@@ -65,7 +65,7 @@ pub enum RawSecure {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    pub address: Spanned<String>,
+    pub address: Option<Spanned<String>>,
     pub token: Option<Spanned<String>>,
     pub tls: Option<Spanned<bool>>,
 }

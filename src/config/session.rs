@@ -85,13 +85,16 @@ pub struct SessionCookieConfig {
 /// The internal listener: session API (and, as they come, metrics and status).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
-    /// Where it listens; keep it on loopback or a private network.
+    /// Where it listens (127.0.0.1:9090 by default); keep it on loopback or a private network.
     pub address: SocketAddr,
     /// Bearer token for the session API; `None` leaves the API closed (every call 401).
     pub token: Option<String>,
     /// Whether it speaks TLS, with the `[[listen.certificate]]`s.
     pub tls: bool,
 }
+
+/// The admin listener's port when `[admin]` names no address (on loopback).
+const DEFAULT_ADMIN_PORT: u16 = 9090;
 
 /// Shortest admin token accepted: it guards every user's session.
 const MIN_TOKEN_LENGTH: usize = 16;
@@ -344,16 +347,19 @@ impl Checker<'_> {
 
     pub(super) fn admin(&mut self, raw: Option<RawAdmin>) -> Option<AdminConfig> {
         let raw = raw?;
-        let address = match raw.address.get_ref().parse::<SocketAddr>() {
-            Ok(address) => address,
-            Err(_) => {
-                let message = format!(
-                    "`{}` is not an IP:port address such as 127.0.0.1:9090",
-                    raw.address.get_ref()
-                );
-                self.error(Some(raw.address.span()), "admin.address", message);
-                return None;
-            }
+        let address = match &raw.address {
+            None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
+            Some(address) => match address.get_ref().parse::<SocketAddr>() {
+                Ok(address) => address,
+                Err(_) => {
+                    let message = format!(
+                        "`{}` is not an IP:port address such as 127.0.0.1:9090",
+                        address.get_ref()
+                    );
+                    self.error(Some(address.span()), "admin.address", message);
+                    return None;
+                }
+            },
         };
         let token = match raw.token {
             None => None,
