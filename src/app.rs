@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::Admin;
+use crate::cluster::Cluster;
 use crate::config::{Config, ListenConfig, SessionMode};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -29,6 +30,7 @@ pub struct App {
     runtime: Arc<Runtime>,
     listeners: Vec<(TcpListener, ListenerKind)>,
     admin: Option<(TcpListener, Arc<Admin>)>,
+    cluster_listener: Option<TcpListener>,
     limits: ListenConfig,
 }
 
@@ -86,10 +88,25 @@ impl App {
             }
             store
         });
+        let cluster = match &config.cluster {
+            Some(cluster_config) => {
+                let listener = server::bind(&[cluster_config.listen]).await?.remove(0);
+                let peer_up = metrics.peer_up.clone();
+                let cluster = Arc::new(Cluster::new(cluster_config.clone(), peer_up));
+                Some((cluster, listener))
+            }
+            None => None,
+        };
         let token = config.admin.as_ref().and_then(|a| a.token.clone());
         let admin_tls = config.admin.as_ref().is_some_and(|a| a.tls);
         let limits = config.listen.clone();
-        let runtime = Arc::new(Runtime::new(config, sessions, metrics, tls));
+        let runtime = Arc::new(Runtime::new(
+            config,
+            sessions,
+            metrics,
+            tls,
+            cluster.as_ref().map(|(cluster, _)| Arc::clone(cluster)),
+        ));
         let admin = admin_listener.map(|listener| {
             let admin = Admin::new(Arc::clone(&runtime), token.as_deref(), admin_tls);
             (listener, Arc::new(admin))
@@ -98,6 +115,7 @@ impl App {
             runtime,
             listeners,
             admin,
+            cluster_listener: cluster.map(|(_, listener)| listener),
             limits,
         })
     }
@@ -115,6 +133,13 @@ impl App {
             .collect()
     }
 
+    /// Where the peer listener listens, if this node is in a cluster.
+    pub fn cluster_address(&self) -> Option<SocketAddr> {
+        self.cluster_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Where the admin listener listens, if there is one.
     pub fn admin_address(&self) -> Option<SocketAddr> {
         self.admin
@@ -128,6 +153,12 @@ impl App {
         let admin = self
             .admin
             .map(|(listener, admin)| AbortOnDrop(tokio::spawn(admin.serve(listener))));
+        let cluster = match (&self.runtime.cluster, self.cluster_listener) {
+            (Some(cluster), Some(listener)) => {
+                Some(AbortOnDrop(tokio::spawn(Arc::clone(cluster).run(listener))))
+            }
+            _ => None,
+        };
         let sessions = self.runtime.sessions.clone();
         let sweeper = sessions
             .clone()
@@ -154,6 +185,7 @@ impl App {
             }
         }
         drop(admin);
+        drop(cluster);
         drained
     }
 }

@@ -18,6 +18,7 @@
 //! - [`session`]: the proxy-mode session store and its contract with backends.
 //! - [`admin`]: the admin listener: health, metrics, the pools and session APIs.
 //! - [`status`]: the HTML status page.
+//! - [`cluster`]: tandem peers: authenticated connections, heartbeats, liveness.
 //! - [`tls`]: certificates, SNI and the rustls settings of the TLS listeners.
 //! - [`metrics`]: the Prometheus registry and what records into it.
 
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod app;
 pub mod balancer;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod health;

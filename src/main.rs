@@ -112,6 +112,9 @@ async fn run(config: Config) -> ExitCode {
             }
         }
     }
+    if let Some(address) = app.cluster_address() {
+        tracing::info!(peer_address = %address, "peer listener ready");
+    }
     if let Some(address) = app.admin_address() {
         tracing::info!(admin_address = %address, "admin listener ready");
     }

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub health: HealthMetrics,
     /// Config reloads by result (`ok`, `refused`).
     pub reloads: IntCounterVec,
+    /// 1 while a peer is alive, 0 once it is dead, by peer node id.
+    pub peer_up: IntGaugeVec,
     backends: BackendGauges,
 }
 
@@ -196,6 +198,11 @@ impl Metrics {
             "Connections to backends open now (in use or kept alive).",
             &["pool", "backend"],
         );
+        let peer_up = r.gauges(
+            "tandem_cluster_peer_up",
+            "1 while the peer is heard from, 0 once it is counted dead.",
+            &["peer"],
+        );
         let client_connections = r.gauge(
             "tandem_client_connections",
             "Client connections open on the public listeners.",
@@ -209,6 +216,7 @@ impl Metrics {
             backend_connections,
             health,
             reloads,
+            peer_up,
             backends,
         }
     }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigErrors, ForwardedConfig};
 use crate::health::HealthChecks;
 use crate::metrics::Metrics;
@@ -60,6 +61,8 @@ pub struct Runtime {
     pub sessions: Option<Arc<SessionStore>>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// This node's view of its peers; `None` without `[cluster]`.
+    pub cluster: Option<Arc<Cluster>>,
     /// Whether `/readyz` says ready: listeners bound and serving, not draining.
     pub ready: AtomicBool,
     /// The TLS settings new connections get (certificates reloaded with the config); `None`
@@ -75,6 +78,7 @@ impl Runtime {
         sessions: Option<Arc<SessionStore>>,
         metrics: Arc<Metrics>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Runtime {
         let snapshot = Snapshot::build(config, None, &metrics);
         let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools, &metrics)));
@@ -83,6 +87,7 @@ impl Runtime {
             health,
             sessions,
             metrics,
+            cluster,
             ready: AtomicBool::new(false),
             tls: ArcSwapOption::new(tls),
         }
@@ -144,6 +149,9 @@ impl Runtime {
         }
         if previous.config.admin != config.admin {
             warnings.push("[admin] changed: admin settings apply after a restart".to_string());
+        }
+        if previous.config.cluster != config.cluster {
+            warnings.push("[cluster] changed: cluster settings apply after a restart".to_string());
         }
         if !config.listen.certificates.is_empty() {
             // Certificates are read again on every reload (renewed files, same paths).

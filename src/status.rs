@@ -129,10 +129,32 @@ impl StatusPage {
                 "<p>backend mode: the backends own the sessions; tandem routes on their ids.</p>",
             ),
         }
-        html.push_str(
-            "</section><section id=\"peers\"><h2>Peers</h2>\
-             <p>No cluster: this node replicates to no peer.</p></section></main></body></html>\n",
-        );
+        html.push_str("</section><section id=\"peers\"><h2>Peers</h2>");
+        match &runtime.cluster {
+            None => html.push_str("<p>No cluster: this node is on its own.</p>"),
+            Some(cluster) => {
+                let _ = write!(
+                    html,
+                    "<p>This node: <strong>{}</strong></p><div class=\"scroll\"><table><thead><tr>\
+                     <th>Peer</th><th>Address</th><th>State</th><th>Last heard</th></tr></thead><tbody>",
+                    escape(cluster.node_id())
+                );
+                for (node_id, status) in cluster.peers() {
+                    let state = if status.alive { "up" } else { "down" };
+                    let _ = write!(
+                        html,
+                        "<tr class=\"peer\" data-peer=\"{id}\" data-state=\"{state}\"><td>{id}</td><td>{}</td>\
+                         <td><span class=\"badge {state}\">{}</span></td><td>{} ago</td></tr>",
+                        status.address,
+                        if status.alive { "alive" } else { "dead" },
+                        human(status.last_heard.elapsed()),
+                        id = escape(&node_id),
+                    );
+                }
+                html.push_str("</tbody></table></div>");
+            }
+        }
+        html.push_str("</section></main></body></html>\n");
         html
     }
 }

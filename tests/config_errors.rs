@@ -324,3 +324,34 @@ address = "127.0.0.1:9001"
         ],
     );
 }
+
+#[test]
+fn cluster_keys_are_checked() {
+    let config = r#"[listen]
+addresses = ["127.0.0.1:8080"]
+[cluster]
+name = "my cluster"
+node_id = "a"
+listen = "nowhere"
+peers = ["10.0.0.2:7946", "no-port"]
+secret = "short"
+heartbeat_interval = "1s"
+drop_after = "1s"
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 78, "{stderr}");
+    assert_errors_at(
+        &stderr,
+        &[
+            ("bad.toml:4:", "cluster.name"),
+            ("bad.toml:6:", "cluster.listen"),
+            ("bad.toml:7:", "cluster.peers[1]"),
+            ("bad.toml:8:", "cluster.secret"),
+            ("bad.toml:10:", "cluster.drop_after"),
+        ],
+    );
+}

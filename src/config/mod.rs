@@ -4,6 +4,7 @@
 //! [`ConfigError`] names the file, the line and the dotted key, so that `tandem --check` can print a
 //! complete list. A `Config` that exists is valid: the rest of tandem never re-checks it.
 
+mod cluster;
 mod raw;
 mod session;
 mod units;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
+pub use cluster::ClusterConfig;
 pub use session::{AdminConfig, InvalidUpdate, SessionConfig, SessionCookieConfig, SessionMode};
 
 use raw::{RawBackend, RawConfig, RawHealth, RawPassive, RawPool, RawRetry, RawSize, RawSticky};
@@ -37,6 +39,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// `[admin]`: the internal listener; `None` without the table.
     pub admin: Option<AdminConfig>,
+    /// `[cluster]`: tandem peers; `None` without the table (a single node).
+    pub cluster: Option<ClusterConfig>,
     /// The file this config came from (reloads read it again).
     pub path: PathBuf,
     /// The file's text, for the admin API's view of the running config.
@@ -606,6 +610,7 @@ impl Checker<'_> {
         }
         let session = self.session(raw.session);
         let admin = self.admin(raw.admin);
+        let cluster = self.cluster(raw.cluster);
         if let Some(admin) = &admin {
             if admin.tls && listen.certificates.is_empty() {
                 let message = "the admin listener's TLS uses the [[listen.certificate]]s: add one";
@@ -623,6 +628,7 @@ impl Checker<'_> {
             pools,
             session,
             admin,
+            cluster,
             path: PathBuf::new(),
             source: String::new(),
         }

@@ -19,6 +19,22 @@ pub struct RawConfig {
     pub pool: Vec<RawPool>,
     pub session: Option<RawSession>,
     pub admin: Option<RawAdmin>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: tandem peers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Spanned<String>,
+    pub node_id: Spanned<String>,
+    pub listen: Spanned<String>,
+    pub peers: Option<Vec<Spanned<String>>>,
+    pub dns: Option<Spanned<String>>,
+    pub dns_interval: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub heartbeat_interval: Option<Spanned<String>>,
+    pub drop_after: Option<Spanned<String>>,
 }
 
 /// `[session]`: who owns sessions, and the proxy-mode store's cookie, contract and limits.

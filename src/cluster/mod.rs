@@ -1,0 +1,245 @@
+//! Tandem peers: membership, authenticated connections and liveness. Each node dials every
+//! peer it knows (the static list, and what the DNS name resolves to) and sends on that
+//! connection; it hears each peer on the connection that peer dialled. A peer is alive while
+//! it is heard (a heartbeat every `heartbeat_interval`), dead after `drop_after` of silence,
+//! and alive again when it talks again.
+//!
+//! - [`frame`]: length-prefixed frames with a hard size limit.
+//! - [`handshake`]: protocol version, cluster name and a shared-secret HMAC proof, before any
+//!   other frame is read.
+//!
+//! Replication of sessions and route takeovers will travel on these connections (issue 5).
+
+pub mod frame;
+pub mod handshake;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGaugeVec;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::config::ClusterConfig;
+use frame::Kind;
+use handshake::{Identity, Refusal};
+
+/// Largest frame accepted after the handshake.
+const FRAME_LIMIT: u32 = 8 << 20;
+/// Time a dial may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Wait before dialling a peer again after a failure.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+/// Wait before dialling again a peer that refused the handshake (no log flood).
+const REDIAL_AFTER_REFUSAL: Duration = Duration::from_secs(5);
+
+/// What this node knows of one peer.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// The address its connection to this node came from.
+    pub address: SocketAddr,
+    /// Whether it was heard within `drop_after`.
+    pub alive: bool,
+    /// When it was last heard.
+    pub last_heard: Instant,
+}
+
+/// This node's view of the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    peers: Mutex<HashMap<String, PeerStatus>>,
+    peer_up: IntGaugeVec,
+}
+
+impl Cluster {
+    /// A cluster member with no peer heard yet; `peer_up` is the per-peer gauge.
+    pub fn new(config: ClusterConfig, peer_up: IntGaugeVec) -> Cluster {
+        Cluster {
+            config,
+            peers: Mutex::new(HashMap::new()),
+            peer_up,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// Every peer heard so far, by node id, sorted.
+    pub fn peers(&self) -> Vec<(String, PeerStatus)> {
+        let mut peers: Vec<_> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(id, status)| (id.clone(), status.clone()))
+            .collect();
+        peers.sort_by(|a, b| a.0.cmp(&b.0));
+        peers
+    }
+
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            cluster: &self.config.name,
+            node_id: &self.config.node_id,
+            secret: &self.config.secret,
+        }
+    }
+
+    /// Peer `node_id` talked: alive (again), if it was not.
+    fn heard(&self, node_id: &str, address: SocketAddr) {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        let status = peers.entry(node_id.to_string()).or_insert(PeerStatus {
+            address,
+            alive: false,
+            last_heard: now,
+        });
+        status.last_heard = now;
+        status.address = address;
+        if !status.alive {
+            status.alive = true;
+            self.peer_up.with_label_values(&[node_id]).set(1);
+            tracing::info!(peer = %node_id, %address, "peer is alive");
+        }
+    }
+
+    /// Marks peers silent for `drop_after` as dead.
+    fn check_liveness(&self) {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (node_id, status) in peers.iter_mut() {
+            if status.alive && status.last_heard.elapsed() > self.config.drop_after {
+                status.alive = false;
+                self.peer_up.with_label_values(&[node_id]).set(0);
+                tracing::warn!(
+                    peer = %node_id,
+                    address = %status.address,
+                    silent_for = ?self.config.drop_after,
+                    "peer is dead: not heard from"
+                );
+            }
+        }
+    }
+
+    /// Runs the cluster: accepts peers on `listener`, dials the configured ones, resolves the
+    /// DNS name, and checks liveness; until the task is dropped.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(Arc::clone(&self).accept(listener));
+        let mut dialled = HashSet::new();
+        for peer in &self.config.peers {
+            dialled.insert(peer.clone());
+            tasks.spawn(Arc::clone(&self).dial(peer.clone()));
+        }
+        let mut liveness = tokio::time::interval(self.config.heartbeat_interval);
+        let mut dns = tokio::time::interval(self.config.dns_interval);
+        loop {
+            tokio::select! {
+                _ = liveness.tick() => self.check_liveness(),
+                _ = dns.tick(), if self.config.dns.is_some() => {
+                    let name = self.config.dns.as_deref().unwrap_or_default();
+                    match tokio::net::lookup_host(name).await {
+                        Ok(addresses) => {
+                            for address in addresses {
+                                if dialled.insert(address.to_string()) {
+                                    tasks.spawn(Arc::clone(&self).dial(address.to_string()));
+                                }
+                            }
+                        }
+                        Err(error) => tracing::warn!(dns = name, %error, "cannot resolve the cluster's DNS name"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, address) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            tokio::spawn(Arc::clone(&self).hear(stream, address));
+        }
+    }
+
+    /// One inbound peer connection: the handshake, then every frame it sends.
+    async fn hear(self: Arc<Self>, mut stream: TcpStream, address: SocketAddr) {
+        let node_id = match handshake::run(&mut stream, &self.identity()).await {
+            Ok(node_id) => node_id,
+            Err(Refusal::Itself) => return,
+            Err(refusal) => {
+                tracing::warn!(%address, reason = %refusal, "peer connection refused");
+                return;
+            }
+        };
+        self.heard(&node_id, address);
+        loop {
+            match frame::read(&mut stream, FRAME_LIMIT).await {
+                Ok(frame) if frame.kind == Kind::Heartbeat => self.heard(&node_id, address),
+                Ok(frame) => {
+                    tracing::warn!(peer = %node_id, kind = ?frame.kind, "unexpected frame from peer; closing its connection");
+                    return;
+                }
+                Err(error) => {
+                    tracing::info!(peer = %node_id, %error, "peer connection closed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keeps a connection to the peer at `target` and sends it a heartbeat every interval.
+    async fn dial(self: Arc<Self>, target: String) {
+        loop {
+            let connected =
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.as_str())).await;
+            let mut stream = match connected {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %target, %error, "cannot reach peer");
+                    tokio::time::sleep(REDIAL_AFTER).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %target, "connecting to peer timed out");
+                    tokio::time::sleep(REDIAL_AFTER).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match handshake::run(&mut stream, &self.identity()).await {
+                Ok(_) => {}
+                // Our own address (in the list or the DNS answer): never dial it again.
+                Err(Refusal::Itself) => return,
+                Err(refusal) => {
+                    tracing::warn!(peer = %target, reason = %refusal, "peer refused");
+                    tokio::time::sleep(REDIAL_AFTER_REFUSAL).await;
+                    continue;
+                }
+            }
+            let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+            loop {
+                heartbeat.tick().await;
+                if let Err(error) = frame::write(&mut stream, Kind::Heartbeat, &[]).await {
+                    tracing::debug!(peer = %target, %error, "peer connection lost; redialling");
+                    break;
+                }
+            }
+            tokio::time::sleep(REDIAL_AFTER).await;
+        }
+    }
+}
