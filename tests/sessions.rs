@@ -217,6 +217,9 @@ async fn forged_session_headers_from_the_client_never_reach_a_backend() {
         ("X-TANDEM-SESSION-PATCH", r#"{"admin":true}"#),
         ("x-tandem-session-command", "renew"),
         ("x-tandem-sessionx", "1"),
+        // CGI, WSGI, PHP and Rack read `_` as `-` (attack case S01).
+        ("X_Tandem_Session_Data", r#"{"admin":true}"#),
+        ("x_tandem-session_id", "forged"),
         // Naming them in Connection must not make tandem drop its own headers either.
         ("connection", "x-tandem-session-data, x-tandem-session-id"),
     ];

@@ -84,12 +84,25 @@ impl SessionHeaders {
     pub fn strip(&self, headers: &mut HeaderMap) {
         let found: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| name.as_str().starts_with(&self.prefix))
+            .filter(|name| self.is_session_header(name))
             .cloned()
             .collect();
         for name in found {
             headers.remove(name);
         }
+    }
+
+    /// Whether `name` is a session header, spelled with `-` or `_`: CGI, WSGI, PHP and Rack
+    /// read `X_Tandem_Session_Data` as the same variable as `x-tandem-session-data`, so a
+    /// client must not get that spelling past tandem either.
+    fn is_session_header(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        let prefix = self.prefix.as_bytes();
+        name.len() >= prefix.len()
+            && name
+                .iter()
+                .zip(prefix)
+                .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
     }
 
     /// Hands a live session to the backend.
@@ -108,10 +121,7 @@ impl SessionHeaders {
         headers: &mut HeaderMap,
         limits: &SessionConfig,
     ) -> Result<Update, Rejection> {
-        if !headers
-            .keys()
-            .any(|name| name.as_str().starts_with(&self.prefix))
-        {
+        if !headers.keys().any(|name| self.is_session_header(name)) {
             return Ok(Update::default());
         }
         let patch = headers.remove(&self.patch);

@@ -283,7 +283,7 @@ fn session_echo(name: &str, request: &Request<Incoming>) -> Response<TestBody> {
     let received: Vec<&str> = headers
         .keys()
         .map(|name| name.as_str())
-        .filter(|name| name.starts_with("x-tandem"))
+        .filter(|name| name.replace('_', "-").starts_with("x-tandem"))
         .collect();
     let body = serde_json::json!({
         "backend": name,
