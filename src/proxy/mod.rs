@@ -331,6 +331,13 @@ impl ProxyService {
         snapshot: &'s Snapshot,
         request: &mut Request<Incoming>,
     ) -> Result<(&'s Arc<Pool>, Option<HeaderValue>), ProxyError> {
+        // Authority form (`GET admin HTTP/1.1`, `CONNECT host:443`) is only for CONNECT
+        // tunnels, which a reverse proxy does not open (RFC 9112 §3.2.3).
+        if request.uri().scheme().is_none() && request.uri().authority().is_some() {
+            return Err(ProxyError::BadRequest(
+                "a request target in authority form (CONNECT tunnels are not served)",
+            ));
+        }
         let target_length = request
             .uri()
             .path_and_query()
@@ -350,7 +357,25 @@ impl ProxyService {
                 request.headers_mut().insert(HOST, value.clone());
                 Some(value)
             }
-            None => request.headers().get(HOST).cloned(),
+            None => {
+                // RFC 9112 §3.2: more than one Host, or one that is not a host[:port], is a 400.
+                let mut hosts = request.headers().get_all(HOST).iter();
+                let host = hosts.next().cloned();
+                if hosts.next().is_some() {
+                    return Err(ProxyError::BadRequest("more than one Host header"));
+                }
+                let valid = host.as_ref().is_none_or(|value| {
+                    value
+                        .to_str()
+                        .ok()
+                        .and_then(|text| text.parse::<http::uri::Authority>().ok())
+                        .is_some_and(|authority| !authority.as_str().contains('@'))
+                });
+                if !valid {
+                    return Err(ProxyError::BadRequest("Host is not a host[:port]"));
+                }
+                host
+            }
         };
         let host_name = match &host {
             Some(value) => normalize_host(

@@ -52,6 +52,23 @@ mod tests {
         assert_eq!(parse(&value, '.'), Some((a.as_str(), "b1")));
     }
 
+    /// Attack case S09: 200,000 ids, all distinct, and their bits balanced (the monobit test).
+    #[test]
+    fn ids_are_unique_and_their_bits_look_random() {
+        let mut seen = std::collections::HashSet::new();
+        let mut ones = 0u64;
+        let count = 200_000;
+        for _ in 0..count {
+            let id = fresh();
+            let bytes = URL_SAFE_NO_PAD.decode(&id).unwrap();
+            ones += bytes.iter().map(|b| u64::from(b.count_ones())).sum::<u64>();
+            assert!(seen.insert(id), "a repeated id");
+        }
+        let bits = (count * ID_BYTES * 8) as f64;
+        let share = ones as f64 / bits;
+        assert!((share - 0.5).abs() < 0.001, "share of one bits: {share}");
+    }
+
     #[test]
     fn values_of_another_shape_are_refused() {
         assert_eq!(parse("short.b1", '.'), None);

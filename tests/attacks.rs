@@ -1,0 +1,161 @@
+//! Cases from ../shared/attack-cases.md (issue 7), each named by its ID: hostile framing and
+//! headers on the public listener, cookie floods, session id quality, metric cardinality.
+//! Written with raw sockets, since well-behaved clients cannot send these.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `bytes` on a fresh connection; returns everything tandem answered before it closed
+/// (or before the deadline, for a connection kept open).
+async fn raw(tandem: &Tandem, bytes: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(tandem.address)
+        .await
+        .unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn statuses(answer: &str) -> Vec<&str> {
+    answer
+        .lines()
+        .filter(|line| line.starts_with("HTTP/1.1 "))
+        .map(|line| &line[9..12])
+        .collect()
+}
+
+async fn one_backend() -> (Backend, Tandem) {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config(&pool("web", "round_robin", "", &[&backend])));
+    (backend, tandem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f01_cl_te_smuggling_never_reaches_the_backend_as_two_requests() {
+    let (backend, tandem) = one_backend().await;
+    let smuggle = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let answer = raw(&tandem, smuggle).await;
+    let seen = statuses(&answer);
+    assert!(
+        seen == ["400"] || seen.len() <= 1,
+        "one answer at most: {answer}"
+    );
+    assert!(
+        backend.count() <= 1,
+        "the smuggled GET never reaches the backend as a request of its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f02_bad_content_lengths_are_400() {
+    let (backend, tandem) = one_backend().await;
+    for length in [
+        "0\r\nContent-Length: 5",
+        "5, 6",
+        "+5",
+        "-1",
+        "0x5",
+        "1_0",
+        "",
+        "5 5",
+        "18446744073709551616",
+    ] {
+        let request =
+            format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\nhello");
+        let answer = raw(&tandem, request.as_bytes()).await;
+        assert_eq!(
+            statuses(&answer),
+            ["400"],
+            "Content-Length: {length:?} -> {answer}"
+        );
+    }
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f05_f06_malformed_header_lines_are_400() {
+    let (backend, tandem) = one_backend().await;
+    for line in [
+        "Content-Length : 5",
+        "X-A: a\r\n b",
+        "Transfer-Encoding:\r\n chunked",
+        "no colon here",
+        "V: a\rSmuggled: x",
+        "V: a\0b",
+    ] {
+        let request = format!("GET / HTTP/1.1\r\nHost: a\r\n{line}\r\n\r\n");
+        let answer = raw(&tandem, request.as_bytes()).await;
+        assert_eq!(statuses(&answer), ["400"], "{line:?} -> {answer}");
+    }
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f07_bad_request_lines_and_hosts_are_400() {
+    let (backend, tandem) = one_backend().await;
+    for head in [
+        "GET  / HTTP/1.1\r\nHost: a",
+        "GET / HTTP/1.32\r\nHost: a",
+        "GET admin HTTP/1.1\r\nHost: a",
+        "GET / HTTP/1.1",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b",
+        "GET / HTTP/1.1\r\nHost: a b",
+        "GET / HTTP/1.1\r\nHost: u@a",
+        "GET / HTTP/1.1\r\nHost: a/b",
+    ] {
+        let answer = raw(&tandem, format!("{head}\r\n\r\n").as_bytes()).await;
+        assert_eq!(statuses(&answer), ["400"], "{head:?} -> {answer}");
+    }
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s08_a_thousand_cookies_are_answered_at_once() {
+    let (_backend, tandem) = one_backend().await;
+    let cookies: Vec<String> = (0..1000)
+        .map(|i| format!("JSESSIONID=x{i}.nowhere"))
+        .collect();
+    let answer = get_with(
+        &client(),
+        &tandem.url("/"),
+        &[("cookie", &cookies.join("; "))],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a03_random_paths_and_ids_do_not_grow_the_metrics() {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        pool("web", "round_robin", "", &[&backend])
+    )));
+    let http = client();
+    let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    get(&http, &tandem.url("/warm-up")).await;
+    let before = series(&get(&http, &tandem.admin_url("/metrics")).await.body);
+    for i in 0..300 {
+        let path = format!("/r{i}/{}", i * 7919);
+        let cookie = format!("JSESSIONID=id{i}.route{i}");
+        get_with(&http, &tandem.url(&path), &[("cookie", &cookie)]).await;
+    }
+    let after = get(&http, &tandem.admin_url("/metrics")).await.body;
+    assert_eq!(
+        series(&after),
+        before,
+        "label sets come from the config only"
+    );
+    assert!(!after.contains("/r1"), "no paths in labels");
+}
