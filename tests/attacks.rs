@@ -159,3 +159,88 @@ async fn a03_random_paths_and_ids_do_not_grow_the_metrics() {
     );
     assert!(!after.contains("/r1"), "no paths in labels");
 }
+
+/// A raw backend that answers every request with `response`, then closes.
+async fn raw_backend(response: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u03_malformed_backend_responses_are_502() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nhello",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ] {
+        let backend = raw_backend(response).await;
+        let tandem = Tandem::start(&config(&format!(
+            "[[pool]]\nname = \"web\"\n[pool.retry]\nattempts = 1\n[[pool.backend]]\naddress = \"{backend}\"\n"
+        )));
+        let answer = get(&client(), &tandem.url("/")).await;
+        assert_eq!(
+            answer.status,
+            502,
+            "{:?} -> {}",
+            String::from_utf8_lossy(response),
+            answer.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d05_expect_100_continue_to_a_pool_that_cannot_serve_gets_no_100() {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config(&format!(
+        "[[pool]]\nname = \"web\"\n{}state = \"stopped\"\n",
+        backend.toml()
+    )));
+    let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 10000000000\r\n\r\n";
+    let answer = raw(&tandem, request).await;
+    assert_eq!(
+        statuses(&answer),
+        ["503"],
+        "no 100 Continue first: {answer}"
+    );
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a01_admin_paths_on_the_public_listener_reach_the_pool_not_the_admin_handler() {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"an-admin-token-long-enough\"\n\n{}",
+        pool("web", "round_robin", "", &[&backend])
+    )));
+    let http = client();
+    for path in [
+        "/metrics",
+        "/status",
+        "/api/pools",
+        "/api/sessions",
+        "//metrics",
+        "/%61pi/pools",
+        "/x/../api/pools",
+    ] {
+        let answer = get_with(&http, &tandem.url(path), &[("host", "localhost")]).await;
+        assert_eq!(answer.body, "a", "{path} went to the backend");
+    }
+}

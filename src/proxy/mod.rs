@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE,
+    TRANSFER_ENCODING,
+};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -211,6 +214,7 @@ impl ProxyService {
             let sent = Instant::now();
             match pool.upstream.send(attempt).await {
                 Ok(response) => {
+                    check_framing(&response)?;
                     metrics
                         .upstream_duration
                         .with_label_values(&[&*pool.name, &backend.config.address])
@@ -616,6 +620,20 @@ fn aim(request: &mut Request<RequestBody>, backend: &Backend, scheme: Scheme) {
     parts.authority = Some(backend.authority.clone());
     parts.path_and_query = Some(path_and_query);
     *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+}
+
+/// Refuses a response with both Content-Length and Transfer-Encoding: that is how response
+/// splitting starts (RFC 9112 §6.3). hyper reads such a body as chunked but keeps the
+/// Content-Length, which would then describe a body that is not there. The response's
+/// connection is dropped with it.
+fn check_framing(response: &Response<Incoming>) -> Result<(), ProxyError> {
+    let headers = response.headers();
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err(ProxyError::Upstream(
+            "the response has both Content-Length and Transfer-Encoding".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Takes a backend's response for the client: hop-by-hop headers out, and for a 101 to an
