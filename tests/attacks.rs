@@ -27,11 +27,11 @@ async fn raw(tandem: &Tandem, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// The status codes of every response in `answer` (a body may run into the next status line).
 fn statuses(answer: &str) -> Vec<&str> {
     answer
-        .lines()
-        .filter(|line| line.starts_with("HTTP/1.1 "))
-        .map(|line| &line[9..12])
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| answer.get(at + 9..at + 12))
         .collect()
 }
 
@@ -243,4 +243,69 @@ async fn a01_admin_paths_on_the_public_listener_reach_the_pool_not_the_admin_han
         let answer = get_with(&http, &tandem.url(path), &[("host", "localhost")]).await;
         assert_eq!(answer.body, "a", "{path} went to the backend");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f03_f04_unknown_transfer_codings_and_bad_chunks_are_refused() {
+    let (backend, tandem) = one_backend().await;
+    for coding in [
+        "xchunked",
+        "chunked, gzip",
+        "gzip",
+        "identity",
+        "\x0bchunked",
+    ] {
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {coding}\r\nContent-Length: 5\r\n\r\nhello"
+        );
+        let answer = raw(&tandem, request.as_bytes()).await;
+        let status = statuses(&answer);
+        assert!(
+            status == ["400"] || status == ["501"],
+            "{coding:?} -> {answer}"
+        );
+    }
+    assert_eq!(backend.count(), 0, "no unknown coding reached the backend");
+    for chunk in [
+        "0x5\r\nhello\r\n0\r\n\r\n",
+        "+5\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\r\n0\r\n\r\n",
+        "11111111111111111\r\n",
+    ] {
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}"
+        );
+        let answer = raw(&tandem, request.as_bytes()).await;
+        // Refused before anything was relayed, or the upload cut off: never a 200.
+        assert!(!statuses(&answer).contains(&"200"), "{chunk:?} -> {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f08_an_absolute_form_target_is_forwarded_with_its_own_host() {
+    let (backend, tandem) = one_backend().await;
+    let answer = raw(
+        &tandem,
+        b"GET http://other.internal/headers HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&answer), ["200"], "{answer}");
+    let headers = backend.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(headers["host"], "other.internal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f09_a_get_with_a_body_and_a_pipelined_get_stay_two_requests() {
+    let (backend, tandem) = one_backend().await;
+    let answer = raw(
+        &tandem,
+        b"GET /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&answer), ["200", "200"], "{answer}");
+    assert!(
+        answer.contains("\r\n\r\n5"),
+        "the body went with the first: {answer}"
+    );
+    assert_eq!(backend.count(), 2);
 }
