@@ -309,3 +309,39 @@ async fn f09_a_get_with_a_body_and_a_pipelined_get_stay_two_requests() {
     );
     assert_eq!(backend.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d03_a_slow_post_is_cut_off_at_the_body_idle_timeout() {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config_with_listen(
+        "body_idle_timeout = \"300ms\"",
+        &pool("web", "round_robin", "", &[&backend]),
+    ));
+    let mut stream = tokio::net::TcpStream::connect(tandem.address)
+        .await
+        .unwrap();
+    let head = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'x'; 20_000]).await.unwrap();
+    // Then nothing: the upload stalls.
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "closed in time");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(statuses(&answer), ["408"], "{answer}");
+    assert_took(
+        started.elapsed(),
+        Duration::from_millis(200)..Duration::from_secs(5),
+        "cut off",
+    );
+    let until = std::time::Instant::now() + DEADLINE;
+    while backend.open.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the backend request was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tandem.wait_log("the request body did not arrive within");
+}

@@ -62,6 +62,9 @@ pub struct ListenConfig {
     pub max_connections: usize,
     /// Time a client has to send a complete request head; then the connection is closed.
     pub header_read_timeout: Duration,
+    /// A request body that brings no byte for this long is cut off (408, connection closed):
+    /// slow POSTs do not hold a backend connection forever.
+    pub body_idle_timeout: Duration,
     /// A connection with no request in flight and no bytes moving for this long is closed.
     pub idle_timeout: Duration,
     /// Largest request head accepted (431 above it).
@@ -714,6 +717,11 @@ impl Checker<'_> {
                 raw.header_read_timeout,
                 "listen.header_read_timeout",
                 Duration::from_secs(10),
+            ),
+            body_idle_timeout: self.duration(
+                raw.body_idle_timeout,
+                "listen.body_idle_timeout",
+                Duration::from_secs(30),
             ),
             idle_timeout: self.duration(
                 raw.idle_timeout,

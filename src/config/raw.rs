@@ -97,6 +97,7 @@ pub struct RawListen {
     pub certificate: Option<Vec<RawCertificate>>,
     pub max_connections: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
+    pub body_idle_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_header_size: Option<Spanned<RawSize>>,
     pub max_headers: Option<Spanned<i64>>,

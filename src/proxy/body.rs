@@ -4,11 +4,12 @@
 //! that is when the access-log line is written (with the bytes really sent) and the backend's
 //! open-request count goes down.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, Version};
@@ -105,6 +106,10 @@ pub enum RequestBody {
         taken: Option<Incoming>,
         /// Counts the bytes relayed (the pool's request-body bytes).
         received: prometheus::IntCounter,
+        /// The client's silence allowed between two pieces of the body.
+        idle_timeout: Duration,
+        /// When the body times out unless more of it comes; set when it is first waited on.
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     /// A whole body held in memory (empty for a request without one); taken when sent.
     Buffered {
@@ -127,20 +132,27 @@ impl RequestBody {
     }
 }
 
+/// A request body that stopped coming for longer than `listen.body_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stopped coming for {0:?}")]
+pub struct BodyIdle(pub Duration);
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         // `Incoming` is `Unpin`, so no pin projection is needed.
         match self.get_mut() {
             RequestBody::Client {
                 unsent,
                 taken,
                 received,
+                idle_timeout,
+                idle,
             } => {
                 if taken.is_none() {
                     *taken = unsent.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -148,10 +160,24 @@ impl Body for RequestBody {
                 match taken {
                     Some(body) => {
                         let polled = Pin::new(body).poll_frame(cx);
-                        if let Poll::Ready(Some(Ok(frame))) = &polled {
-                            received.inc_by(frame.data_ref().map_or(0, |d| d.len() as u64));
+                        match &polled {
+                            Poll::Ready(Some(Ok(frame))) => {
+                                received.inc_by(frame.data_ref().map_or(0, |d| d.len() as u64));
+                                *idle = None;
+                            }
+                            Poll::Pending => {
+                                let deadline = idle.get_or_insert_with(|| {
+                                    Box::pin(tokio::time::sleep(*idle_timeout))
+                                });
+                                if deadline.as_mut().poll(cx).is_ready() {
+                                    return Poll::Ready(Some(Err(Box::new(BodyIdle(
+                                        *idle_timeout,
+                                    )))));
+                                }
+                            }
+                            _ => {}
                         }
-                        polled
+                        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
                     }
                     // Another attempt has it; this one was abandoned.
                     None => Poll::Ready(None),

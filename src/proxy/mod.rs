@@ -179,7 +179,8 @@ impl ProxyService {
             received.inc_by(replay.body.len() as u64);
             Resend::Whole(replay)
         } else {
-            Resend::Streamed(Streamed::new(request, received))
+            let idle_timeout = snapshot.config.listen.body_idle_timeout;
+            Resend::Streamed(Streamed::new(request, received, idle_timeout))
         };
         let mut tried: Vec<usize> = Vec::new();
         // A session whose owner cannot serve it fails over in mod_jk's order.
@@ -719,11 +720,17 @@ struct Streamed {
     headers: HeaderMap,
     body: Arc<std::sync::Mutex<Option<Incoming>>>,
     received: prometheus::IntCounter,
+    idle_timeout: std::time::Duration,
 }
 
 impl Streamed {
-    /// Holds `request`; `received` counts its body bytes as they are relayed.
-    fn new(request: Request<Incoming>, received: prometheus::IntCounter) -> Streamed {
+    /// Holds `request`; `received` counts its body bytes as they are relayed, and the body is
+    /// cut off after `idle_timeout` without a byte.
+    fn new(
+        request: Request<Incoming>,
+        received: prometheus::IntCounter,
+        idle_timeout: std::time::Duration,
+    ) -> Streamed {
         let (parts, body) = request.into_parts();
         Streamed {
             method: parts.method,
@@ -731,6 +738,7 @@ impl Streamed {
             headers: parts.headers,
             body: Arc::new(std::sync::Mutex::new(Some(body))),
             received,
+            idle_timeout,
         }
     }
 
@@ -747,6 +755,8 @@ impl Streamed {
                 unsent: Arc::clone(&self.body),
                 taken: None,
                 received: self.received.clone(),
+                idle_timeout: self.idle_timeout,
+                idle: None,
             });
             *request.method_mut() = self.method.clone();
             *request.uri_mut() = self.uri.clone();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::config::{BackendTlsConfig, PoolConfig};
 use crate::error::{chain, ProxyError};
 use crate::metrics::Metrics;
-use crate::proxy::body::RequestBody;
+use crate::proxy::body::{BodyIdle, RequestBody};
 use crate::proxy::connector::{self, StampingConnector};
 use crate::tls;
 use hyper_rustls::HttpsConnector;
@@ -111,6 +111,14 @@ fn classify(error: &hyper_util::client::legacy::Error, started: Instant) -> Prox
             source = inner.source();
         }
         return ProxyError::Connect(described);
+    }
+    // A client that stopped sending its body (slow POST).
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if let Some(idle) = inner.downcast_ref::<BodyIdle>() {
+            return ProxyError::BodyTimeout(idle.0);
+        }
+        source = inner.source();
     }
     // hyper calls a failure of the request body it was relaying a "user" error: here that is
     // the client's body stream breaking (the client went away mid-upload), not the backend.
