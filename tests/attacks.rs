@@ -345,3 +345,34 @@ async fn d03_a_slow_post_is_cut_off_at_the_body_idle_timeout() {
     }
     tandem.wait_log("the request body did not arrive within");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u06_sigterm_with_100_requests_in_flight_finishes_them_all() {
+    let backend = Backend::start("a").await;
+    let mut tandem = Tandem::start(&config(&pool("web", "round_robin", "", &[&backend])));
+    let url = tandem.url("/slow?ms=1500");
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let request = http::Request::get(&url).body(empty()).unwrap();
+                match client().request(request).await {
+                    Ok(response) => response.status().as_u16(),
+                    Err(_) => 0,
+                }
+            })
+        })
+        .collect();
+    let until = std::time::Instant::now() + DEADLINE;
+    while backend.open.load(std::sync::atomic::Ordering::SeqCst) < 100 {
+        assert!(std::time::Instant::now() < until, "the 100 requests never got in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tandem.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap());
+    }
+    assert!(statuses.iter().all(|&s| s == 200), "every request in flight finished: {statuses:?}");
+    assert!(tandem.wait_exit().success());
+}
