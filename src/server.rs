@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,7 @@ pub async fn serve(
             draining: draining.clone(),
             idle_timeout: limits.idle_timeout,
             header_read_timeout: limits.header_read_timeout,
+            send_timeout: limits.send_timeout,
         };
         acceptors.spawn(accept_loop(
             listener,
@@ -123,6 +124,7 @@ struct ConnectionContext {
     draining: watch::Receiver<bool>,
     idle_timeout: Duration,
     header_read_timeout: Duration,
+    send_timeout: Duration,
 }
 
 async fn accept_loop(
@@ -244,6 +246,9 @@ async fn serve_connection<S>(
     let hard_close = tokio::time::sleep(context.idle_timeout);
     tokio::pin!(hard_close);
     let mut hard_close_armed = false;
+    let mut send_check =
+        tokio::time::interval((context.send_timeout / 4).max(Duration::from_millis(1)));
+    send_check.tick().await;
     // Note: a branch's `if` is evaluated only when `select!` is entered, and on a busy
     // connection nothing may re-enter it for a long time; so each timer branch re-checks its
     // condition when it fires instead of trusting the precondition.
@@ -278,6 +283,12 @@ async fn serve_connection<S>(
                 }
                 // A request came in while the graceful close was under way: let it finish.
                 hard_close.as_mut().reset(tokio::time::Instant::now() + context.idle_timeout);
+            }
+            _ = send_check.tick() => {
+                if activity.stalled_on_client(context.send_timeout) {
+                    tracing::info!(client = %peer, timeout = ?context.send_timeout, "the client took none of the response within the send timeout; closing");
+                    return;
+                }
             }
             _ = context.draining.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
@@ -315,11 +326,16 @@ impl IdleTracker {
     }
 }
 
-/// Request activity on one client connection, for the idle timeout.
+/// Request activity on one client connection, for the idle and send timeouts.
 #[derive(Debug, Default)]
 pub struct Activity {
     started: AtomicU64,
     open: AtomicUsize,
+    /// Whether the last response-body poll handed data to hyper: if hyper then stops asking,
+    /// the client is not reading.
+    waiting_on_client: AtomicBool,
+    /// When a response body was last asked for data.
+    last_body_poll: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Activity {
@@ -336,11 +352,37 @@ impl Activity {
     fn is_idle(&self) -> bool {
         self.open.load(Ordering::Relaxed) == 0
     }
+
+    /// Whether a response has waited on the client for longer than `limit`: data was handed
+    /// over and hyper has not asked for more since, because the client does not read.
+    fn stalled_on_client(&self, limit: Duration) -> bool {
+        !self.is_idle()
+            && self.waiting_on_client.load(Ordering::Relaxed)
+            && self
+                .last_body_poll
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .is_some_and(|at| at.elapsed() > limit)
+    }
 }
 
 /// A request whose response is not finished yet; the connection is not idle while one exists.
 #[derive(Debug)]
 pub struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    /// Records that hyper asked the response body for data, and whether it got some.
+    pub fn body_polled(&self, handed_over: bool) {
+        self.0
+            .waiting_on_client
+            .store(handed_over, Ordering::Relaxed);
+        *self
+            .0
+            .last_body_poll
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(std::time::Instant::now());
+    }
+}
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {

@@ -365,7 +365,10 @@ async fn u06_sigterm_with_100_requests_in_flight_finishes_them_all() {
         .collect();
     let until = std::time::Instant::now() + DEADLINE;
     while backend.open.load(std::sync::atomic::Ordering::SeqCst) < 100 {
-        assert!(std::time::Instant::now() < until, "the 100 requests never got in flight");
+        assert!(
+            std::time::Instant::now() < until,
+            "the 100 requests never got in flight"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tandem.signal(nix::sys::signal::Signal::SIGTERM);
@@ -373,6 +376,43 @@ async fn u06_sigterm_with_100_requests_in_flight_finishes_them_all() {
     for request in requests {
         statuses.push(request.await.unwrap());
     }
-    assert!(statuses.iter().all(|&s| s == 200), "every request in flight finished: {statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "every request in flight finished: {statuses:?}"
+    );
     assert!(tandem.wait_exit().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d03_a_client_that_never_reads_is_cut_off_at_the_send_timeout() {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config_with_listen(
+        "send_timeout = \"500ms\"",
+        &pool("web", "round_robin", "", &[&backend]),
+    ));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(tandem.address).await.unwrap();
+    let request = "GET /download?bytes=50000000 HTTP/1.1\r\nHost: a\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Read nothing until tandem has had its send timeout several times over.
+    tandem.wait_log("took none of the response within the send timeout");
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was closed");
+    assert!(
+        received < 50_000_000,
+        "cut off before the end: {received} bytes"
+    );
+    // The next client is served as usual.
+    assert_eq!(get(&client(), &tandem.url("/")).await.status, 200);
 }

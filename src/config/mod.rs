@@ -65,6 +65,9 @@ pub struct ListenConfig {
     /// A request body that brings no byte for this long is cut off (408, connection closed):
     /// slow POSTs do not hold a backend connection forever.
     pub body_idle_timeout: Duration,
+    /// A client that takes none of the response for this long, while tandem has some ready
+    /// for it, is disconnected (a reader that never reads).
+    pub send_timeout: Duration,
     /// A connection with no request in flight and no bytes moving for this long is closed.
     pub idle_timeout: Duration,
     /// Largest request head accepted (431 above it).
@@ -722,6 +725,11 @@ impl Checker<'_> {
                 raw.body_idle_timeout,
                 "listen.body_idle_timeout",
                 Duration::from_secs(30),
+            ),
+            send_timeout: self.duration(
+                raw.send_timeout,
+                "listen.send_timeout",
+                Duration::from_secs(60),
             ),
             idle_timeout: self.duration(
                 raw.idle_timeout,

@@ -98,6 +98,7 @@ pub struct RawListen {
     pub max_connections: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub body_idle_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_header_size: Option<Spanned<RawSize>>,
     pub max_headers: Option<Spanned<i64>>,

@@ -70,11 +70,15 @@ impl Body for ResponseBody {
             InnerProj::Upstream { body } => body.poll_frame(cx),
             InnerProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.completion.bytes_sent += data.len() as u64;
+        let handed_over = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let data = frame.data_ref().map_or(0, |d| d.len());
+                this.completion.bytes_sent += data as u64;
+                data > 0
             }
-        }
+            _ => false,
+        };
+        this.completion.open_request.body_polled(handed_over);
         polled
     }
 
