@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    raise_open_file_limit();
     let _log_guard = match logging::init(&config.log) {
         Ok(guard) => guard,
         Err(error) => {
@@ -130,6 +131,18 @@ async fn run(config: Config) -> ExitCode {
     let drained = app.serve(shutdown).await;
     tracing::info!(all_connections_finished = drained, "stopped");
     ExitCode::SUCCESS
+}
+
+/// Raises the soft limit of open files to the hard limit, as nginx's `worker_rlimit_nofile`
+/// does: every client and backend connection is a file, and distributions default the soft
+/// limit to 1024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// Reloads the config on each SIGHUP; a broken file is logged and the running config stays.

@@ -416,3 +416,80 @@ async fn d03_a_client_that_never_reads_is_cut_off_at_the_send_timeout() {
     // The next client is served as usual.
     assert_eq!(get(&client(), &tandem.url("/")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d02_d04_ten_thousand_idle_connections_are_closed_on_time_and_others_are_served() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const IDLE: usize = 10_000;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // This process and tandem each hold one end of every idle connection.
+    assert!(
+        hard >= IDLE as u64 + 1000,
+        "this test needs {} open files per process (hard limit {hard}): scripts/test.sh raises it; by hand, `ulimit -Hn 65536` as root",
+        IDLE + 1000
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(
+        &config(&format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+            pool("web", "round_robin", "", &[&backend])
+        ))
+        .replace(
+            "shutdown_timeout = \"10s\"",
+            "shutdown_timeout = \"10s\"\nmax_connections = 20000\nheader_read_timeout = \"2s\"",
+        ),
+    );
+    let admin = tandem.admin_url("/healthz");
+    // 10,000 connections that send nothing (D04), some with half a request head (D02).
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let mut stream = tokio::net::TcpStream::connect(tandem.address)
+            .await
+            .unwrap();
+        if i % 10 == 0 {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow")
+                .await
+                .unwrap();
+        }
+        idle.push(stream);
+    }
+    // Meanwhile others are served, and so is the admin listener.
+    let http = client();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(get(&http, &tandem.url("/")).await.status, 200);
+        assert_took(
+            started.elapsed(),
+            Duration::ZERO..Duration::from_secs(1),
+            "a control request",
+        );
+    }
+    assert_eq!(get(&http, &admin).await.status, 200);
+    // Every idle connection is closed by tandem once the header read timeout passes.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    for mut stream in idle {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut buffer = [0u8; 512];
+        let closed = tokio::time::timeout(left, async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "an idle connection was still open after the deadline"
+        );
+    }
+    assert!(
+        tandem.peak_rss() < 400 << 20,
+        "memory stayed bounded: {}",
+        tandem.peak_rss()
+    );
+    assert_eq!(get(&http, &tandem.url("/")).await.status, 200);
+}
