@@ -506,6 +506,14 @@ async fn with_affinity_a_session_prefers_its_backend_and_moves_when_it_dies() {
             Some(heir.as_str())
         );
     }
+    // A forged route (attack case S06) steers nothing: the session is served with its data,
+    // and the cookie is set back to the route that served it.
+    let id = browser.id();
+    browser.cookie = Some(format!("TANDEMSESSION={id}.nowhere"));
+    let seen = browser.look().await;
+    assert_eq!(seen["data"], json!({"cart": ["pear"]}));
+    let served = seen["backend"].as_str().unwrap().to_string();
+    assert_eq!(browser.cookie, Some(format!("TANDEMSESSION={id}.{served}")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
