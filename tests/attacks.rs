@@ -493,3 +493,31 @@ async fn d02_d04_ten_thousand_idle_connections_are_closed_on_time_and_others_are
     );
     assert_eq!(get(&http, &tandem.url("/")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u03_a_backend_that_dies_mid_body_never_looks_like_a_complete_response() {
+    for (response, framing) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"[..],
+            "content-length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nonly ten b\r\n",
+            "chunked",
+        ),
+    ] {
+        let backend = raw_backend(response).await;
+        let tandem = Tandem::start(&config(&format!(
+            "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{backend}\"\n"
+        )));
+        let answer = raw(&tandem, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_eq!(statuses(&answer), ["200"], "{framing}: {answer}");
+        let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+        match framing {
+            // Fewer bytes than announced, then the connection closed by tandem.
+            "content-length" => assert!(body.len() < 100, "{body:?}"),
+            // No last chunk: the client can tell the body was cut.
+            _ => assert!(!body.ends_with("0\r\n\r\n"), "{body:?}"),
+        }
+    }
+}
