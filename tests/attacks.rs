@@ -521,3 +521,63 @@ async fn u03_a_backend_that_dies_mid_body_never_looks_like_a_complete_response()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p01_rapid_reset_cancels_upstream_requests_and_tandem_keeps_serving() {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        pool("web", "round_robin", "", &[&backend])
+    )));
+    let in_flight = format!(
+        "tandem_backend_requests_in_flight{{backend=\"{}\",pool=\"web\"}}",
+        backend.address
+    );
+    let tcp = tokio::net::TcpStream::connect(tandem.address)
+        .await
+        .unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    // HEADERS then RST_STREAM, as fast as the client goes, for up to 10,000 streams (the server
+    // may end the connection with GOAWAY first, which is allowed).
+    let mut sent = 0;
+    for _ in 0..10_000 {
+        let Ok(mut ready) = h2.clone().ready().await else {
+            break;
+        };
+        let request = http::Request::get(tandem.url("/slow?ms=5000"))
+            .body(())
+            .unwrap();
+        let Ok((response, _)) = ready.send_request(request, true) else {
+            break;
+        };
+        drop(response);
+        sent += 1;
+    }
+    assert!(sent > 100, "the attack got going: {sent} streams");
+    // Every cancelled request is cancelled upstream too.
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let metrics = get(&client(), &tandem.admin_url("/metrics")).await.body;
+        let open = metrics.lines().find_map(|line| {
+            line.strip_prefix(in_flight.as_str())?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+        if open == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "still in flight: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&client(), &tandem.url("/")).await.status, 200);
+    assert!(
+        tandem.peak_rss() < 300 << 20,
+        "memory bounded: {}",
+        tandem.peak_rss()
+    );
+}
