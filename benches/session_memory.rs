@@ -30,7 +30,7 @@ fn main() {
     let count: usize = if benchmarking { 1_000_000 } else { 10_000 };
     let text = "[listen]\naddresses = [\"127.0.0.1:1\"]\n[session]\nmode = \"proxy\"\nmax_sessions = 2000000\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
     let config = Config::parse(Path::new("bench.toml"), text).unwrap();
-    let store = SessionStore::new(&config.session, Arc::new(SystemClock), Vec::new());
+    let store = SessionStore::new(&config.session, Arc::new(SystemClock), Vec::new(), None);
     let before = rss();
     for i in 0..count {
         // 1 KiB of attributes, different per session.

@@ -22,7 +22,7 @@ fn store() -> (SessionStore, Arc<ManualClock>) {
     let config = Config::parse(Path::new("bench.toml"), text).unwrap();
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     (
-        SessionStore::new(&config.session, clock.clone(), Vec::new()),
+        SessionStore::new(&config.session, clock.clone(), Vec::new(), None),
         clock,
     )
 }

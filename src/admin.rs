@@ -122,12 +122,10 @@ impl Admin {
         let path = request.uri().path().to_string();
         let response = match (request.method(), path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-            (&Method::GET, "/readyz") if self.runtime.ready.load(Ordering::Relaxed) => {
-                text(StatusCode::OK, "ready\n".into())
-            }
+            (&Method::GET, "/readyz") if self.ready() => text(StatusCode::OK, "ready\n".into()),
             (&Method::GET, "/readyz") => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: starting or draining\n".into(),
+                "not ready: starting, waiting for the cluster's sessions, or draining\n".into(),
             ),
             (&Method::GET, "/metrics") => {
                 let pools = &self.runtime.snapshot().pools;
@@ -182,6 +180,12 @@ impl Admin {
             .and_then(|value| value.strip_prefix("Bearer "));
         // Digests compared, not tokens: the comparison's time says nothing about the token.
         offered.is_some_and(|token| Sha256::digest(token.trim().as_bytes()).as_slice() == expected)
+    }
+
+    /// Serving, not draining, and (in a cluster) holding the peers' sessions.
+    fn ready(&self) -> bool {
+        self.runtime.ready.load(Ordering::Relaxed)
+            && self.runtime.cluster.as_ref().is_none_or(|c| c.synced())
     }
 
     /// Read-only endpoints: open to clients on loopback, else behind the token.

@@ -67,9 +67,27 @@ impl App {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
+        let cluster = match &config.cluster {
+            Some(cluster_config) => {
+                let listener = server::bind(&[cluster_config.listen]).await?.remove(0);
+                let peer_up = metrics.peer_up.clone();
+                let cluster = Arc::new(Cluster::new(cluster_config.clone(), peer_up));
+                Some((cluster, listener))
+            }
+            None => None,
+        };
         let sessions = (config.session.mode == SessionMode::Proxy).then(|| {
-            let listeners: Vec<Arc<dyn ChangeListener>> = vec![metrics.sessions.clone()];
-            let store = Arc::new(SessionStore::new(&config.session, clock, listeners));
+            let mut listeners: Vec<Arc<dyn ChangeListener>> = vec![metrics.sessions.clone()];
+            if let Some((cluster, _)) = &cluster {
+                listeners.push(cluster.replicator());
+            }
+            let node_id = config.cluster.as_ref().map(|c| c.node_id.as_str());
+            let store = Arc::new(SessionStore::new(
+                &config.session,
+                clock,
+                listeners,
+                node_id,
+            ));
             if let Some(path) = &config.session.snapshot {
                 match store.load_snapshot(path) {
                     Loaded::Nothing => {
@@ -88,15 +106,6 @@ impl App {
             }
             store
         });
-        let cluster = match &config.cluster {
-            Some(cluster_config) => {
-                let listener = server::bind(&[cluster_config.listen]).await?.remove(0);
-                let peer_up = metrics.peer_up.clone();
-                let cluster = Arc::new(Cluster::new(cluster_config.clone(), peer_up));
-                Some((cluster, listener))
-            }
-            None => None,
-        };
         let token = config.admin.as_ref().and_then(|a| a.token.clone());
         let admin_tls = config.admin.as_ref().is_some_and(|a| a.tls);
         let limits = config.listen.clone();
@@ -155,7 +164,10 @@ impl App {
             .map(|(listener, admin)| AbortOnDrop(tokio::spawn(admin.serve(listener))));
         let cluster = match (&self.runtime.cluster, self.cluster_listener) {
             (Some(cluster), Some(listener)) => {
-                Some(AbortOnDrop(tokio::spawn(Arc::clone(cluster).run(listener))))
+                let store = self.runtime.sessions.clone();
+                Some(AbortOnDrop(tokio::spawn(
+                    Arc::clone(cluster).run(listener, store),
+                )))
             }
             _ => None,
         };

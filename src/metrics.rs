@@ -14,7 +14,7 @@ use prometheus::{
 
 use crate::config::BackendState;
 use crate::pool::Pool;
-use crate::session::{Change, ChangeListener, EndReason, Rejection};
+use crate::session::{Change, ChangeListener, EndReason, Origin, Rejection};
 
 /// Buckets of request and upstream durations, in seconds: 1 ms to 60 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -339,7 +339,7 @@ impl SessionMetrics {
 }
 
 impl ChangeListener for SessionMetrics {
-    fn changed(&self, change: &Change<'_>) {
+    fn changed(&self, change: &Change<'_>, _origin: Origin) {
         match change {
             Change::Created { session, .. } => {
                 self.live.inc();

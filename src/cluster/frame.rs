@@ -15,6 +15,8 @@ pub enum Kind {
     Proof = 2,
     /// "Still here", sent every `heartbeat_interval`.
     Heartbeat = 3,
+    /// A batch of session changes (JSON).
+    Sessions = 4,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
             1 => Some(Kind::Hello),
             2 => Some(Kind::Proof),
             3 => Some(Kind::Heartbeat),
+            4 => Some(Kind::Sessions),
             _ => None,
         }
     }

@@ -8,10 +8,15 @@
 //! - [`handshake`]: protocol version, cluster name and a shared-secret HMAC proof, before any
 //!   other frame is read.
 //!
-//! Replication of sessions and route takeovers will travel on these connections (issue 5).
+//! - [`replication`]: this node's session changes, queued for each peer.
+//!
+//! Each outbound connection starts with this node's full session state (in batches), ends it
+//! with `SyncDone`, then carries live changes; each inbound one is merged into the store. A
+//! node is ready (`/readyz`) once every peer it hears has sent its full state.
 
 pub mod frame;
 pub mod handshake;
+pub mod replication;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -23,8 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::config::ClusterConfig;
+use crate::session::replica::Replicated;
+use crate::session::SessionStore;
 use frame::Kind;
 use handshake::{Identity, Refusal};
+use replication::Replicator;
 
 /// Largest frame accepted after the handshake.
 const FRAME_LIMIT: u32 = 8 << 20;
@@ -34,6 +42,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REDIAL_AFTER: Duration = Duration::from_secs(1);
 /// Wait before dialling again a peer that refused the handshake (no log flood).
 const REDIAL_AFTER_REFUSAL: Duration = Duration::from_secs(5);
+/// Bytes of session messages per frame at most (a frame holds at least one message).
+const BATCH_BYTES: usize = 1 << 20;
 
 /// What this node knows of one peer.
 #[derive(Debug, Clone)]
@@ -51,6 +61,10 @@ pub struct Cluster {
     config: ClusterConfig,
     peers: Mutex<HashMap<String, PeerStatus>>,
     peer_up: IntGaugeVec,
+    replicator: Arc<Replicator>,
+    /// Peers whose full state has arrived.
+    synced: Mutex<HashSet<String>>,
+    started: Instant,
 }
 
 impl Cluster {
@@ -60,7 +74,35 @@ impl Cluster {
             config,
             peers: Mutex::new(HashMap::new()),
             peer_up,
+            replicator: Arc::new(Replicator::default()),
+            synced: Mutex::new(HashSet::new()),
+            started: Instant::now(),
         }
+    }
+
+    /// The store listener that sends this node's session changes to its peers.
+    pub fn replicator(&self) -> Arc<Replicator> {
+        Arc::clone(&self.replicator)
+    }
+
+    /// Whether this node has the cluster's state: every peer it hears has sent its full state,
+    /// and it has heard every configured peer or waited `drop_after` for them.
+    pub fn synced(&self) -> bool {
+        let peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let synced = self
+            .synced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let waited = self.started.elapsed() >= self.config.drop_after
+            || peers.len() >= self.config.peers.len();
+        waited
+            && peers
+                .iter()
+                .filter(|(_, status)| status.alive)
+                .all(|(node_id, _)| synced.contains(node_id))
     }
 
     /// This node's id.
@@ -132,26 +174,29 @@ impl Cluster {
 
     /// Runs the cluster: accepts peers on `listener`, dials the configured ones, resolves the
     /// DNS name, and checks liveness; until the task is dropped.
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    pub async fn run(self: Arc<Self>, listener: TcpListener, store: Option<Arc<SessionStore>>) {
         let mut tasks = JoinSet::new();
-        tasks.spawn(Arc::clone(&self).accept(listener));
+        tasks.spawn(Arc::clone(&self).accept(listener, store.clone()));
         let mut dialled = HashSet::new();
         for peer in &self.config.peers {
             dialled.insert(peer.clone());
-            tasks.spawn(Arc::clone(&self).dial(peer.clone()));
+            tasks.spawn(Arc::clone(&self).dial(peer.clone(), store.clone()));
         }
         let mut liveness = tokio::time::interval(self.config.heartbeat_interval);
         let mut dns = tokio::time::interval(self.config.dns_interval);
         loop {
             tokio::select! {
-                _ = liveness.tick() => self.check_liveness(),
+                _ = liveness.tick() => {
+                    self.check_liveness();
+                    self.replicator.flush_touches();
+                }
                 _ = dns.tick(), if self.config.dns.is_some() => {
                     let name = self.config.dns.as_deref().unwrap_or_default();
                     match tokio::net::lookup_host(name).await {
                         Ok(addresses) => {
                             for address in addresses {
                                 if dialled.insert(address.to_string()) {
-                                    tasks.spawn(Arc::clone(&self).dial(address.to_string()));
+                                    tasks.spawn(Arc::clone(&self).dial(address.to_string(), store.clone()));
                                 }
                             }
                         }
@@ -162,7 +207,7 @@ impl Cluster {
         }
     }
 
-    async fn accept(self: Arc<Self>, listener: TcpListener) {
+    async fn accept(self: Arc<Self>, listener: TcpListener, store: Option<Arc<SessionStore>>) {
         loop {
             let (stream, address) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -172,12 +217,18 @@ impl Cluster {
                     continue;
                 }
             };
-            tokio::spawn(Arc::clone(&self).hear(stream, address));
+            tokio::spawn(Arc::clone(&self).hear(stream, address, store.clone()));
         }
     }
 
-    /// One inbound peer connection: the handshake, then every frame it sends.
-    async fn hear(self: Arc<Self>, mut stream: TcpStream, address: SocketAddr) {
+    /// One inbound peer connection: the handshake, then every frame it sends, session changes
+    /// merged into `store`.
+    async fn hear(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        address: SocketAddr,
+        store: Option<Arc<SessionStore>>,
+    ) {
         let node_id = match handshake::run(&mut stream, &self.identity()).await {
             Ok(node_id) => node_id,
             Err(Refusal::Itself) => return,
@@ -190,6 +241,27 @@ impl Cluster {
         loop {
             match frame::read(&mut stream, FRAME_LIMIT).await {
                 Ok(frame) if frame.kind == Kind::Heartbeat => self.heard(&node_id, address),
+                Ok(frame) if frame.kind == Kind::Sessions => {
+                    self.heard(&node_id, address);
+                    let messages: Vec<Replicated> = match serde_json::from_slice(&frame.payload) {
+                        Ok(messages) => messages,
+                        Err(error) => {
+                            tracing::warn!(peer = %node_id, %error, "unreadable session batch from peer; closing its connection");
+                            return;
+                        }
+                    };
+                    for message in messages {
+                        if matches!(message, Replicated::SyncDone) {
+                            self.synced
+                                .lock()
+                                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                                .insert(node_id.clone());
+                            tracing::info!(peer = %node_id, "full session state received from peer");
+                        } else if let Some(store) = &store {
+                            store.merge_remote(message);
+                        }
+                    }
+                }
                 Ok(frame) => {
                     tracing::warn!(peer = %node_id, kind = ?frame.kind, "unexpected frame from peer; closing its connection");
                     return;
@@ -202,8 +274,9 @@ impl Cluster {
         }
     }
 
-    /// Keeps a connection to the peer at `target` and sends it a heartbeat every interval.
-    async fn dial(self: Arc<Self>, target: String) {
+    /// Keeps a connection to the peer at `target`: the full state of `store` first, then
+    /// session changes as they come and a heartbeat every interval.
+    async fn dial(self: Arc<Self>, target: String, store: Option<Arc<SessionStore>>) {
         loop {
             let connected =
                 tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.as_str())).await;
@@ -231,15 +304,72 @@ impl Cluster {
                     continue;
                 }
             }
-            let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
-            loop {
-                heartbeat.tick().await;
-                if let Err(error) = frame::write(&mut stream, Kind::Heartbeat, &[]).await {
-                    tracing::debug!(peer = %target, %error, "peer connection lost; redialling");
-                    break;
-                }
+            if let Err(error) = self.replicate(&mut stream, store.as_deref()).await {
+                tracing::debug!(peer = %target, %error, "peer connection lost; redialling");
             }
             tokio::time::sleep(REDIAL_AFTER).await;
         }
     }
+
+    /// Sends the full state, then live changes and heartbeats, until the connection fails or
+    /// the peer falls behind (then the caller starts over with a new connection).
+    async fn replicate(
+        &self,
+        stream: &mut TcpStream,
+        store: Option<&SessionStore>,
+    ) -> std::io::Result<()> {
+        // Subscribed before the full state is read, so that nothing written meanwhile is
+        // missed (what is sent twice merges to the same result).
+        let mut subscription = self.replicator.subscribe();
+        let mut state = store.map(SessionStore::full_state).unwrap_or_default();
+        state.push(Replicated::SyncDone);
+        send_batches(stream, state).await?;
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    if subscription.behind.load(std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!("a peer fell behind its replication queue; resending the full state");
+                        return Ok(());
+                    }
+                    frame::write(stream, Kind::Heartbeat, &[]).await?;
+                }
+                change = subscription.changes.recv() => {
+                    let Some(change) = change else { return Ok(()) };
+                    let mut batch = vec![change];
+                    while batch.len() < 1024 {
+                        match subscription.changes.try_recv() {
+                            Ok(change) => batch.push(change),
+                            Err(_) => break,
+                        }
+                    }
+                    send_batches(stream, batch).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `messages` as `Sessions` frames of about `BATCH_BYTES` each.
+async fn send_batches(stream: &mut TcpStream, messages: Vec<Replicated>) -> std::io::Result<()> {
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    batch.push(b'[');
+    for message in messages {
+        let encoded = serde_json::to_vec(&message).map_err(std::io::Error::other)?;
+        if batch.len() > 1 && batch.len() + encoded.len() > BATCH_BYTES {
+            batch.push(b']');
+            frame::write(stream, Kind::Sessions, &batch).await?;
+            batch.clear();
+            batch.push(b'[');
+        }
+        if batch.len() > 1 {
+            batch.push(b',');
+        }
+        batch.extend_from_slice(&encoded);
+    }
+    if batch.len() > 1 {
+        batch.push(b']');
+        frame::write(stream, Kind::Sessions, &batch).await?;
+    }
+    Ok(())
 }

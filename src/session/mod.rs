@@ -20,6 +20,7 @@ pub mod cookie;
 pub mod encoding;
 pub mod expiry;
 pub mod id;
+pub mod replica;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,7 @@ use crate::config::SessionConfig;
 use clock::Clock;
 use contract::{Command, SessionHeaders, Update};
 use expiry::ExpiryQueue;
+use replica::{AttributeVersions, Hlc, Version};
 
 /// One session as the store holds it.
 #[derive(Debug, Clone)]
@@ -54,6 +56,10 @@ pub struct Session {
     pub absolute_timeout_ms: u64,
     /// The deadline of this session's entry in the expiry queue.
     queued_ms: u64,
+    /// The version of each top-level attribute's last write (for merging with peers).
+    pub versions: AttributeVersions,
+    /// The version of the route and timeouts.
+    pub fields_version: Version,
 }
 
 impl Session {
@@ -94,6 +100,8 @@ pub enum Change<'a> {
         bytes_before: usize,
         /// Encoded size of the attributes after.
         bytes_after: usize,
+        /// The session after the patch.
+        session: &'a Session,
     },
     /// A request used the session.
     Touched {
@@ -110,6 +118,8 @@ pub enum Change<'a> {
         idle_timeout_ms: u64,
         /// The absolute timeout now, in ms.
         absolute_timeout_ms: u64,
+        /// The session.
+        session: &'a Session,
     },
     /// The session was served by another backend than its cookie named (route takeover).
     Rerouted {
@@ -117,6 +127,8 @@ pub enum Change<'a> {
         id: &'a str,
         /// The route its cookie names from now on.
         route: &'a str,
+        /// The session.
+        session: &'a Session,
     },
     /// The session got a new id; the old one no longer exists.
     Renewed {
@@ -124,6 +136,8 @@ pub enum Change<'a> {
         old: &'a str,
         /// The id it has.
         new: &'a str,
+        /// The session under its new id.
+        session: &'a Session,
     },
     /// The session is gone.
     Ended {
@@ -136,10 +150,19 @@ pub enum Change<'a> {
     },
 }
 
-/// Something that follows every change to the store (metrics; later, replication).
+/// Where a change was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// On this node (a backend's response, the session API, expiry).
+    Local,
+    /// On a peer, merged here: replication does not send it on.
+    Remote,
+}
+
+/// Something that follows every change to the store (metrics, replication).
 pub trait ChangeListener: Send + Sync {
     /// Called for each change, while the changed session is locked; must be quick.
-    fn changed(&self, change: &Change<'_>);
+    fn changed(&self, change: &Change<'_>, origin: Origin);
     /// Called when a session update is refused.
     fn rejected(&self, rejection: &Rejection);
 }
@@ -280,16 +303,32 @@ pub struct SessionStore {
     expiry: Mutex<ExpiryQueue>,
     clock: Arc<dyn Clock>,
     listeners: Vec<Arc<dyn ChangeListener>>,
+    /// Versions for this node's writes.
+    hlc: Hlc,
+    /// With peers: ids of ended sessions, until when they are remembered (Unix ms), so that
+    /// a late update from a peer cannot bring one back. Empty on a single node.
+    ended: DashMap<Arc<str>, u64>,
+    /// Whether this store has peers (and so remembers ended ids).
+    replicated: bool,
 }
+
+/// How long an ended session id is remembered against late updates from peers.
+const ENDED_MEMORY_MS: u64 = 3600 * 1000;
 
 impl SessionStore {
     /// An empty store with `config`'s limits, timed by `clock`, reporting to `listeners`.
+    /// `node_id`: this node's id in a cluster (its writes are versioned under it), `None` on
+    /// its own.
     pub fn new(
         config: &SessionConfig,
         clock: Arc<dyn Clock>,
         listeners: Vec<Arc<dyn ChangeListener>>,
+        node_id: Option<&str>,
     ) -> SessionStore {
         SessionStore {
+            hlc: Hlc::new(node_id.unwrap_or("single"), Arc::clone(&clock)),
+            ended: DashMap::new(),
+            replicated: node_id.is_some(),
             headers: SessionHeaders::new(&config.header_prefix),
             config: config.clone(),
             sessions: DashMap::new(),
@@ -320,9 +359,17 @@ impl SessionStore {
         self.len() == 0
     }
 
-    fn emit(&self, change: &Change<'_>) {
+    fn emit(&self, change: &Change<'_>, origin: Origin) {
         for listener in &self.listeners {
-            listener.changed(change);
+            listener.changed(change, origin);
+        }
+    }
+
+    /// Remembers that session `id` ended, so that peers' late updates do not revive it.
+    fn remember_ended(&self, id: &str) {
+        if self.replicated {
+            let until = self.clock.now_ms() + ENDED_MEMORY_MS;
+            self.ended.insert(Arc::from(id), until);
         }
     }
 
@@ -345,10 +392,13 @@ impl SessionStore {
         }
         entry.last_access_ms = now;
         let (key, session) = entry.pair();
-        self.emit(&Change::Touched {
-            id: key,
-            at_ms: now,
-        });
+        self.emit(
+            &Change::Touched {
+                id: key,
+                at_ms: now,
+            },
+            Origin::Local,
+        );
         Some(Current {
             id: Arc::clone(key),
             route: route.into(),
@@ -390,13 +440,14 @@ impl SessionStore {
             // Logout: the old session ends; a patch in the same response starts a new one.
             let fresh = update.patch.map(new_attributes).filter(|a| !a.is_empty());
             let data = fresh
-                .map(|attributes| encoding::encode_within_limits(&attributes, &self.config))
+                .as_ref()
+                .map(|attributes| encoding::encode_within_limits(attributes, &self.config))
                 .transpose()?;
             let ended = current.is_some_and(|c| self.end(&c.id, EndReason::Invalidated));
-            return match data {
-                Some(data) => self.create(data, timeouts, route),
-                None if ended => Ok(CookieChange::Clear),
-                None => Ok(CookieChange::Keep),
+            return match (fresh, data) {
+                (Some(attributes), Some(data)) => self.create(&attributes, data, timeouts, route),
+                _ if ended => Ok(CookieChange::Clear),
+                _ => Ok(CookieChange::Keep),
             };
         }
         let live = current.filter(|c| self.sessions.contains_key(&c.id));
@@ -407,7 +458,7 @@ impl SessionStore {
                 return Ok(CookieChange::Keep);
             }
             let data = encoding::encode_within_limits(&attributes, &self.config)?;
-            return self.create(data, timeouts, route);
+            return self.create(&attributes, data, timeouts, route);
         };
         if update.patch.is_some() || timeouts != (None, None) {
             self.modify(&current.id, update.patch.as_ref(), timeouts)?;
@@ -416,8 +467,16 @@ impl SessionStore {
         if rerouted {
             if let Some(mut session) = self.sessions.get_mut(&current.id) {
                 session.route = route.into();
-                let (key, _) = session.pair();
-                self.emit(&Change::Rerouted { id: key, route });
+                session.fields_version = self.hlc.next();
+                let (key, session) = session.pair();
+                self.emit(
+                    &Change::Rerouted {
+                        id: key,
+                        route,
+                        session,
+                    },
+                    Origin::Local,
+                );
                 cookie = CookieChange::Set {
                     id: Arc::clone(&current.id),
                     route: route.into(),
@@ -432,9 +491,10 @@ impl SessionStore {
         Ok(cookie)
     }
 
-    /// Stores a new session with `data` (encoded attributes, within the limits).
+    /// Stores a new session with `attributes`, `data` being their encoding (within the limits).
     fn create(
         &self,
+        attributes: &Map<String, Value>,
         data: Vec<u8>,
         (idle, absolute): (Option<std::time::Duration>, Option<std::time::Duration>),
         route: &str,
@@ -455,14 +515,22 @@ impl SessionStore {
             absolute_timeout_ms: absolute.unwrap_or(self.config.absolute_timeout).as_millis()
                 as u64,
             queued_ms: 0,
+            versions: AttributeVersions::default(),
+            fields_version: self.hlc.next(),
         };
+        for key in attributes.keys() {
+            session.versions.set(key, session.fields_version, true);
+        }
         session.queued_ms = session.expires_ms();
         let id: Arc<str> = Arc::from(id::fresh());
         let entry = self.sessions.entry(Arc::clone(&id)).insert(session);
-        self.emit(&Change::Created {
-            id: &id,
-            session: entry.value(),
-        });
+        self.emit(
+            &Change::Created {
+                id: &id,
+                session: entry.value(),
+            },
+            Origin::Local,
+        );
         self.queue(entry.queued_ms, Arc::clone(&id));
         Ok(CookieChange::Set {
             id,
@@ -493,12 +561,20 @@ impl SessionStore {
         if let (Some(data), Some(patch)) = (data, patch) {
             let bytes_before = session.data.len();
             session.data = stored(data);
-            self.emit(&Change::Patched {
-                id: key,
-                patch,
-                bytes_before,
-                bytes_after: session.data.len(),
-            });
+            let version = self.hlc.next();
+            for (name, value) in patch {
+                session.versions.set(name, version, !value.is_null());
+            }
+            self.emit(
+                &Change::Patched {
+                    id: key,
+                    patch,
+                    bytes_before,
+                    bytes_after: session.data.len(),
+                    session,
+                },
+                Origin::Local,
+            );
         }
         if idle.is_some() || absolute.is_some() {
             if let Some(idle) = idle {
@@ -507,11 +583,16 @@ impl SessionStore {
             if let Some(absolute) = absolute {
                 session.absolute_timeout_ms = absolute.as_millis() as u64;
             }
-            self.emit(&Change::TimeoutsSet {
-                id: key,
-                idle_timeout_ms: session.idle_timeout_ms,
-                absolute_timeout_ms: session.absolute_timeout_ms,
-            });
+            session.fields_version = self.hlc.next();
+            self.emit(
+                &Change::TimeoutsSet {
+                    id: key,
+                    idle_timeout_ms: session.idle_timeout_ms,
+                    absolute_timeout_ms: session.absolute_timeout_ms,
+                    session,
+                },
+                Origin::Local,
+            );
             // A shorter timeout needs an earlier entry in the queue; a longer one is found
             // when the current entry comes due.
             let deadline = session.expires_ms();
@@ -530,25 +611,39 @@ impl SessionStore {
         session.queued_ms = session.expires_ms();
         let route = session.route.clone();
         let entry = self.sessions.entry(Arc::clone(&new)).insert(session);
-        self.emit(&Change::Renewed {
-            old: &old,
-            new: &new,
-        });
+        self.remember_ended(&old);
+        self.emit(
+            &Change::Renewed {
+                old: &old,
+                new: &new,
+                session: entry.value(),
+            },
+            Origin::Local,
+        );
         self.queue(entry.queued_ms, Arc::clone(&new));
         Some((new, route))
     }
 
     /// Ends session `id`; returns whether it was live.
     fn end(&self, id: &str, reason: EndReason) -> bool {
+        self.remember_ended(id);
+        self.end_with(id, reason, Origin::Local)
+    }
+
+    /// Removes session `id`, reporting the change as made at `origin`.
+    fn end_with(&self, id: &str, reason: EndReason, origin: Origin) -> bool {
         let Some((key, session)) = self.sessions.remove(id) else {
             return false;
         };
         self.live.fetch_sub(1, Ordering::Relaxed);
-        self.emit(&Change::Ended {
-            id: &key,
-            reason,
-            bytes: session.data.len(),
-        });
+        self.emit(
+            &Change::Ended {
+                id: &key,
+                reason,
+                bytes: session.data.len(),
+            },
+            origin,
+        );
         true
     }
 
@@ -560,11 +655,15 @@ impl SessionStore {
             return false;
         };
         self.live.fetch_sub(1, Ordering::Relaxed);
-        self.emit(&Change::Ended {
-            id: &key,
-            reason: EndReason::Expired,
-            bytes: session.data.len(),
-        });
+        self.remember_ended(&key);
+        self.emit(
+            &Change::Ended {
+                id: &key,
+                reason: EndReason::Expired,
+                bytes: session.data.len(),
+            },
+            Origin::Local,
+        );
         true
     }
 
@@ -579,6 +678,9 @@ impl SessionStore {
     /// many expired. Sessions used since they were queued are queued again at their deadline.
     pub fn sweep(&self) -> usize {
         let now = self.clock.now_ms();
+        if !self.ended.is_empty() {
+            self.ended.retain(|_, until| *until > now);
+        }
         let mut expired = 0;
         for _ in 0..SWEEP_SLICE {
             let due = self
@@ -702,7 +804,7 @@ mod tests {
         let text = "[listen]\naddresses = [\"127.0.0.1:1\"]\n[session]\nmode = \"proxy\"\nidle_timeout = \"10m\"\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
         let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let store = SessionStore::new(&config.session, clock.clone(), Vec::new());
+        let store = SessionStore::new(&config.session, clock.clone(), Vec::new(), None);
         (store, clock)
     }
 

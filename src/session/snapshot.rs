@@ -15,7 +15,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 use serde::Deserialize;
 
-use super::{Change, Session, SessionStore};
+use super::replica::AttributeVersions;
+use super::{Change, Origin, Session, SessionStore};
 
 /// Version of the file format; a file of another version is refused (and moved aside).
 const FORMAT_VERSION: u64 = 1;
@@ -125,7 +126,18 @@ impl SessionStore {
                 idle_timeout_ms: record.idle_timeout_ms,
                 absolute_timeout_ms: record.absolute_timeout_ms,
                 queued_ms: 0,
+                versions: AttributeVersions::default(),
+                fields_version: self.hlc.next(),
             };
+            // Versions are not kept in the file: the sessions read back count as written now.
+            if let Ok(attributes) = serde_json::from_slice::<
+                serde_json::Map<String, serde_json::Value>,
+            >(session.data.as_bytes())
+            {
+                for key in attributes.keys() {
+                    session.versions.set(key, session.fields_version, true);
+                }
+            }
             session.queued_ms = session.expires_ms();
             if session.queued_ms <= now {
                 continue;
@@ -133,10 +145,13 @@ impl SessionStore {
             let id: Arc<str> = Arc::from(record.id);
             let entry = self.sessions.entry(Arc::clone(&id)).insert(session);
             self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.emit(&Change::Created {
-                id: &id,
-                session: entry.value(),
-            });
+            self.emit(
+                &Change::Created {
+                    id: &id,
+                    session: entry.value(),
+                },
+                Origin::Local,
+            );
             self.queue(entry.queued_ms, id);
             loaded += 1;
         }

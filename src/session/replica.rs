@@ -1,0 +1,332 @@
+//! Sessions as peers exchange them: per-attribute versions on a hybrid logical clock, the
+//! messages (`Replicated`), and how a peer's message is merged into this store.
+//!
+//! Semantics (ARCHITECTURE.md, "Replication"): per top-level attribute the higher version wins;
+//! removing an attribute leaves a tombstone; the end of a session wins over any update of it
+//! (ids are never reused); session fields (route, timeouts) are one more versioned value.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::clock::Clock;
+use super::{encoding, Change, Origin, Session, SessionStore};
+
+/// When a write happened, totally ordered across the cluster: a hybrid logical clock reading
+/// (`unix ms << 16 | counter`), then the writing node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// The hybrid logical clock.
+    pub clock: u64,
+    /// A number naming the node that wrote (from its node id).
+    pub node: u64,
+}
+
+/// This node's hybrid logical clock: never behind the wall clock, always past every version
+/// it has issued or seen.
+pub struct Hlc {
+    last: AtomicU64,
+    node: u64,
+    clock: Arc<dyn Clock>,
+}
+
+impl Hlc {
+    /// A clock for the node called `node_id`.
+    pub fn new(node_id: &str, clock: Arc<dyn Clock>) -> Hlc {
+        // FNV-1a: stable across processes and versions, unlike the std hasher.
+        let node = node_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
+        Hlc {
+            last: AtomicU64::new(0),
+            node,
+            clock,
+        }
+    }
+
+    /// A version for a write made now.
+    pub fn next(&self) -> Version {
+        let physical = self.clock.now_ms() << 16;
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = physical.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Version {
+                        clock: next,
+                        node: self.node,
+                    }
+                }
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Moves the clock past a version received from a peer.
+    pub fn observe(&self, version: Version) {
+        self.last.fetch_max(version.clock, Ordering::Relaxed);
+    }
+}
+
+/// Tombstones of removed attributes kept per session at most; the oldest go first.
+const MAX_TOMBSTONES: usize = 256;
+
+/// The version of each top-level attribute of a session, removed ones included.
+#[derive(Debug, Clone, Default)]
+pub struct AttributeVersions(Vec<(Box<str>, Version, bool)>);
+
+impl AttributeVersions {
+    /// The version of `key`'s last write, and whether it left a value (false: removed).
+    pub fn get(&self, key: &str) -> Option<(Version, bool)> {
+        self.0
+            .iter()
+            .find(|(k, _, _)| &**k == key)
+            .map(|(_, version, live)| (*version, *live))
+    }
+
+    /// Records a write of `key` at `version` (`live`: it left a value).
+    pub fn set(&mut self, key: &str, version: Version, live: bool) {
+        match self.0.iter_mut().find(|(k, _, _)| &**k == key) {
+            Some(entry) => {
+                entry.1 = version;
+                entry.2 = live;
+            }
+            None => self.0.push((key.into(), version, live)),
+        }
+        let tombstones = self.0.iter().filter(|(_, _, live)| !live).count();
+        if tombstones > MAX_TOMBSTONES {
+            if let Some(oldest) = self
+                .0
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, _, live))| !live)
+                .min_by_key(|(_, (_, version, _))| *version)
+                .map(|(index, _)| index)
+            {
+                self.0.remove(oldest);
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Box<str>, Version, bool)> {
+        self.0.iter()
+    }
+}
+
+/// One attribute in a message: its key, its value (`None`: removed) and its version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicatedAttribute {
+    /// The top-level key.
+    pub key: String,
+    /// The value as JSON text; `None` for a removal.
+    pub value: Option<Box<RawValue>>,
+    /// The write's version.
+    pub version: Version,
+}
+
+/// What peers send each other about sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Replicated {
+    /// A session's fields and some (or all) of its attributes.
+    Upsert {
+        /// The session id.
+        id: String,
+        /// The route its cookie names.
+        route: String,
+        /// Unix ms of creation.
+        created_ms: u64,
+        /// Unix ms of the last request known.
+        last_access_ms: u64,
+        /// Idle timeout, ms.
+        idle_timeout_ms: u64,
+        /// Absolute timeout, ms.
+        absolute_timeout_ms: u64,
+        /// The version of the route and timeouts.
+        fields_version: Version,
+        /// Attributes written (all of them for a new session).
+        attributes: Vec<ReplicatedAttribute>,
+    },
+    /// A session was used at `at_ms`.
+    Touch {
+        /// The session id.
+        id: String,
+        /// Unix ms of the use.
+        at_ms: u64,
+    },
+    /// A session ended (invalidated, expired, or renewed away); it never comes back.
+    Ended {
+        /// The session id.
+        id: String,
+    },
+    /// The sender's full state has all been sent (a joining peer is ready after it).
+    SyncDone,
+}
+
+impl Replicated {
+    /// The message for session `id`: its fields and the attributes named by `keys` (all of
+    /// them with `None`).
+    pub fn upsert(id: &str, session: &Session, keys: Option<&[&str]>) -> Replicated {
+        let values: Map<String, Value> =
+            serde_json::from_slice(session.data.as_bytes()).unwrap_or_default();
+        let attributes = session
+            .versions
+            .iter()
+            .filter(|(key, _, _)| keys.is_none_or(|keys| keys.contains(&&**key)))
+            .map(|(key, version, live)| ReplicatedAttribute {
+                key: key.to_string(),
+                value: live
+                    .then(|| values.get(&**key))
+                    .flatten()
+                    .and_then(|value| serde_json::value::to_raw_value(value).ok()),
+                version: *version,
+            })
+            .collect();
+        Replicated::Upsert {
+            id: id.to_string(),
+            route: session.route.to_string(),
+            created_ms: session.created_ms,
+            last_access_ms: session.last_access_ms,
+            idle_timeout_ms: session.idle_timeout_ms,
+            absolute_timeout_ms: session.absolute_timeout_ms,
+            fields_version: session.fields_version,
+            attributes,
+        }
+    }
+}
+
+impl SessionStore {
+    /// Every live session and every ended id this node knows, as messages for a peer that
+    /// needs the full state.
+    pub fn full_state(&self) -> Vec<Replicated> {
+        let mut state: Vec<Replicated> = self
+            .sessions
+            .iter()
+            .map(|entry| Replicated::upsert(entry.key(), entry.value(), None))
+            .collect();
+        state.extend(self.ended.iter().map(|entry| Replicated::Ended {
+            id: entry.key().to_string(),
+        }));
+        state
+    }
+
+    /// Merges a peer's message into this store. Nothing here is sent on to other peers.
+    pub fn merge_remote(&self, message: Replicated) {
+        match message {
+            Replicated::SyncDone => {}
+            Replicated::Ended { id } => {
+                self.remember_ended(&id);
+                self.end_with(&id, super::EndReason::Invalidated, Origin::Remote);
+            }
+            Replicated::Touch { id, at_ms } => {
+                if let Some(mut session) = self.sessions.get_mut(id.as_str()) {
+                    session.last_access_ms = session.last_access_ms.max(at_ms);
+                }
+            }
+            Replicated::Upsert {
+                id,
+                route,
+                created_ms,
+                last_access_ms,
+                idle_timeout_ms,
+                absolute_timeout_ms,
+                fields_version,
+                attributes,
+            } => {
+                if !super::id::is_well_formed(&id) || self.ended.contains_key(id.as_str()) {
+                    return;
+                }
+                self.hlc.observe(fields_version);
+                for attribute in &attributes {
+                    self.hlc.observe(attribute.version);
+                }
+                let id: Arc<str> = Arc::from(id);
+                let mut entry = self.sessions.entry(Arc::clone(&id)).or_insert_with(|| {
+                    self.live.fetch_add(1, Ordering::Relaxed);
+                    Session {
+                        data: super::stored(b"{}".to_vec()),
+                        route: route.as_str().into(),
+                        created_ms,
+                        last_access_ms,
+                        idle_timeout_ms,
+                        absolute_timeout_ms,
+                        queued_ms: 0,
+                        versions: AttributeVersions::default(),
+                        fields_version,
+                    }
+                });
+                let created = entry.queued_ms == 0;
+                let session = entry.value_mut();
+                if fields_version > session.fields_version || created {
+                    session.route = route.into();
+                    session.idle_timeout_ms = idle_timeout_ms;
+                    session.absolute_timeout_ms = absolute_timeout_ms;
+                    session.fields_version = fields_version;
+                }
+                session.last_access_ms = session.last_access_ms.max(last_access_ms);
+                let mut values: Map<String, Value> =
+                    serde_json::from_slice(session.data.as_bytes()).unwrap_or_default();
+                let mut changed = Map::new();
+                for attribute in attributes {
+                    let newer = session
+                        .versions
+                        .get(&attribute.key)
+                        .is_none_or(|(version, _)| attribute.version > version);
+                    if !newer {
+                        continue;
+                    }
+                    let value = attribute
+                        .value
+                        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+                    session
+                        .versions
+                        .set(&attribute.key, attribute.version, value.is_some());
+                    match value {
+                        Some(value) => {
+                            values.insert(attribute.key.clone(), value.clone());
+                            changed.insert(attribute.key, value);
+                        }
+                        None => {
+                            values.remove(&attribute.key);
+                            changed.insert(attribute.key, Value::Null);
+                        }
+                    }
+                }
+                let bytes_before = session.data.len();
+                if !changed.is_empty() {
+                    session.data = super::stored(encoding::to_ascii_json(&values));
+                }
+                let (key, session) = entry.pair();
+                if created {
+                    self.emit(&Change::Created { id: key, session }, Origin::Remote);
+                } else if !changed.is_empty() {
+                    self.emit(
+                        &Change::Patched {
+                            id: key,
+                            patch: &changed,
+                            bytes_before,
+                            bytes_after: session.data.len(),
+                            session,
+                        },
+                        Origin::Remote,
+                    );
+                }
+                let deadline = session.expires_ms();
+                if created || deadline < session.queued_ms {
+                    drop(entry);
+                    if let Some(mut session) = self.sessions.get_mut(&*id) {
+                        session.queued_ms = deadline;
+                    }
+                    self.queue(deadline, id);
+                }
+            }
+        }
+    }
+}
