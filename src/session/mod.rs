@@ -3,8 +3,9 @@
 //!
 //! Every change to a session goes through [`SessionStore`]'s methods, and each one reports
 //! itself as a [`Change`] to the store's [`ChangeListener`]s while the session is still locked,
-//! so a listener sees one session's changes in the order they happened. Metrics listen today;
-//! replication to peers will listen the same way.
+//! so a listener sees one session's changes in the order they happened. Metrics listen, and in
+//! a cluster so does the replicator (`cluster::replication`); changes merged from peers come
+//! back in through [`SessionStore::merge_remote`], marked remote.
 //!
 //! - [`contract`]: the session headers between tandem and backends.
 //! - [`encoding`]: attributes as printable-ASCII JSON, merge patches, limits.
@@ -12,6 +13,7 @@
 //! - [`id`]: fresh ids from the CSPRNG.
 //! - [`expiry`]: deadlines, so that expiry never scans every session.
 //! - [`snapshot`]: sessions written on shutdown and read back on start.
+//! - [`replica`]: versions, peer messages, merging.
 //! - [`clock`]: wall-clock time, which tests can move.
 
 pub mod clock;
