@@ -71,7 +71,9 @@ impl App {
             Some(cluster_config) => {
                 let listener = server::bind(&[cluster_config.listen]).await?.remove(0);
                 let peer_up = metrics.peer_up.clone();
-                let cluster = Arc::new(Cluster::new(cluster_config.clone(), peer_up));
+                let sync_timeouts = metrics.sync_timeouts.clone();
+                let cluster =
+                    Arc::new(Cluster::new(cluster_config.clone(), peer_up, sync_timeouts));
                 Some((cluster, listener))
             }
             None => None,

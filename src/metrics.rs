@@ -38,6 +38,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// 1 while a peer is alive, 0 once it is dead, by peer node id.
     pub peer_up: IntGaugeVec,
+    /// Peers that did not acknowledge a session change within `sync_timeout` (sync mode).
+    pub sync_timeouts: IntCounter,
     backends: BackendGauges,
 }
 
@@ -203,6 +205,10 @@ impl Metrics {
             "1 while the peer is heard from, 0 once it is counted dead.",
             &["peer"],
         );
+        let sync_timeouts = r.counter(
+            "tandem_replication_sync_timeouts_total",
+            "Peers that did not acknowledge a session change within sync_timeout (sync mode).",
+        );
         let client_connections = r.gauge(
             "tandem_client_connections",
             "Client connections open on the public listeners.",
@@ -217,6 +223,7 @@ impl Metrics {
             health,
             reloads,
             peer_up,
+            sync_timeouts,
             backends,
         }
     }

@@ -21,15 +21,32 @@ fn free_port() -> u16 {
 
 /// A proxy-mode node `index` of a cluster listening on `ports`, over `backend`.
 fn node(index: usize, ports: &[u16], backend: &Backend) -> String {
-    let peers: Vec<String> = ports
+    node_with(index, ports, backend, "")
+}
+
+/// `node` with `extra` keys in `[cluster]`.
+fn node_with(index: usize, ports: &[u16], backend: &Backend, extra: &str) -> String {
+    node_via(index, ports[index], ports, backend, extra)
+}
+
+/// Node `index` listening for peers on `listen`, dialling them at `peer_ports` (its own entry
+/// skipped), with `extra` keys in `[cluster]`.
+fn node_via(
+    index: usize,
+    listen: u16,
+    peer_ports: &[u16],
+    backend: &Backend,
+    extra: &str,
+) -> String {
+    let peers: Vec<String> = peer_ports
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != index)
         .map(|(_, port)| format!("\"127.0.0.1:{port}\""))
         .collect();
     config(&format!(
-        "[session]\nmode = \"proxy\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[cluster]\nname = \"shop\"\nnode_id = \"n{index}\"\nlisten = \"127.0.0.1:{}\"\npeers = [{}]\nsecret = \"{SECRET}\"\nheartbeat_interval = \"100ms\"\ndrop_after = \"1s\"\n\n{}",
-        ports[index],
+        "[session]\nmode = \"proxy\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[cluster]\nname = \"shop\"\nnode_id = \"n{index}\"\nlisten = \"127.0.0.1:{}\"\npeers = [{}]\nsecret = \"{SECRET}\"\nheartbeat_interval = \"100ms\"\ndrop_after = \"1s\"\n{extra}\n\n{}",
+        listen,
         peers.join(", "),
         pool("app", "round_robin", "[pool.sticky]\nmode = \"off\"", &[backend])
     ))
@@ -223,4 +240,51 @@ async fn a_counter_incremented_through_rotating_peers_counts_every_increment() {
     for tandem in &nodes {
         wait_for(tandem, &cookie, &json!({"count": successes})).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_kill_9() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port(), free_port()];
+    // Peers talk through relays that hold every chunk back 30 ms: replication is slower than
+    // a client's next request, which only sync mode makes safe.
+    let mut relays = Vec::new();
+    for port in ports {
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        relays.push(FaultRelay::start(target, Duration::from_millis(30)).await);
+    }
+    let relay_ports: Vec<u16> = relays.iter().map(|relay| relay.address.port()).collect();
+    let sync = "replication = \"sync\"\nsync_timeout = \"2s\"";
+    let start = |i: usize| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, sync));
+    let mut nodes: Vec<Tandem> = (0..3).map(start).collect();
+    for tandem in &nodes {
+        wait_ready(tandem).await;
+    }
+    let (_, cookie) = call(
+        &nodes[0],
+        None,
+        &[("x-tandem-session-patch", r#"{"count":0}"#)],
+    )
+    .await;
+    let cookie = cookie.unwrap();
+    let mut successes = 0;
+    for round in 0..60 {
+        if round == 30 {
+            // A peer dies without a word; the others go on.
+            nodes[2].signal(nix::sys::signal::Signal::SIGKILL);
+            nodes[2].wait_exit();
+            nodes.pop();
+        }
+        let tandem = &nodes[round % nodes.len()];
+        let patch = format!(r#"{{"count":{}}}"#, successes + 1);
+        let (seen, _) = call(tandem, Some(&cookie), &[("x-tandem-session-patch", &patch)]).await;
+        // No waiting between requests: each peer already holds the previous change.
+        assert_eq!(seen["data"]["count"], successes, "round {round}");
+        successes += 1;
+    }
+    // The killed peer comes back and has every acknowledged change.
+    let back = start(2);
+    wait_ready(&back).await;
+    let (seen, _) = call(&back, Some(&cookie), &[]).await;
+    assert_eq!(seen["data"]["count"], successes);
 }

@@ -17,6 +17,8 @@ pub enum Kind {
     Heartbeat = 3,
     /// A batch of session changes (JSON).
     Sessions = 4,
+    /// The highest change sequence number merged (u64, big-endian), back to the sender.
+    Ack = 5,
 }
 
 impl Kind {
@@ -26,6 +28,7 @@ impl Kind {
             2 => Some(Kind::Proof),
             3 => Some(Kind::Heartbeat),
             4 => Some(Kind::Sessions),
+            5 => Some(Kind::Ack),
             _ => None,
         }
     }

@@ -62,15 +62,23 @@ pub struct Cluster {
     peers: Mutex<HashMap<String, PeerStatus>>,
     peer_up: IntGaugeVec,
     replicator: Arc<Replicator>,
+    /// Peers that did not acknowledge a change within `sync_timeout`.
+    sync_timeouts: prometheus::IntCounter,
     /// Peers whose full state has arrived.
     synced: Mutex<HashSet<String>>,
     started: Instant,
 }
 
 impl Cluster {
-    /// A cluster member with no peer heard yet; `peer_up` is the per-peer gauge.
-    pub fn new(config: ClusterConfig, peer_up: IntGaugeVec) -> Cluster {
+    /// A cluster member with no peer heard yet; `peer_up` is the per-peer gauge,
+    /// `sync_timeouts` counts peers late to acknowledge in sync mode.
+    pub fn new(
+        config: ClusterConfig,
+        peer_up: IntGaugeVec,
+        sync_timeouts: prometheus::IntCounter,
+    ) -> Cluster {
         Cluster {
+            sync_timeouts,
             config,
             peers: Mutex::new(HashMap::new()),
             peer_up,
@@ -78,6 +86,12 @@ impl Cluster {
             synced: Mutex::new(HashSet::new()),
             started: Instant::now(),
         }
+    }
+
+    /// The sequence number of the last session change queued for peers (see
+    /// [`Cluster::wait_for_peers`]).
+    pub fn sequence(&self) -> u64 {
+        self.replicator.sequence()
     }
 
     /// The store listener that sends this node's session changes to its peers.
@@ -243,14 +257,14 @@ impl Cluster {
                 Ok(frame) if frame.kind == Kind::Heartbeat => self.heard(&node_id, address),
                 Ok(frame) if frame.kind == Kind::Sessions => {
                     self.heard(&node_id, address);
-                    let messages: Vec<Replicated> = match serde_json::from_slice(&frame.payload) {
-                        Ok(messages) => messages,
+                    let batch: Batch = match serde_json::from_slice(&frame.payload) {
+                        Ok(batch) => batch,
                         Err(error) => {
                             tracing::warn!(peer = %node_id, %error, "unreadable session batch from peer; closing its connection");
                             return;
                         }
                     };
-                    for message in messages {
+                    for message in batch.messages {
                         if matches!(message, Replicated::SyncDone) {
                             self.synced
                                 .lock()
@@ -260,6 +274,14 @@ impl Cluster {
                         } else if let Some(store) = &store {
                             store.merge_remote(message);
                         }
+                    }
+                    // Merged: the sender's waiting responses (sync mode) may go.
+                    if batch.sequence > 0
+                        && frame::write(&mut stream, Kind::Ack, &batch.sequence.to_be_bytes())
+                            .await
+                            .is_err()
+                    {
+                        return;
                     }
                 }
                 Ok(frame) => {
@@ -294,82 +316,222 @@ impl Cluster {
                 }
             };
             let _ = stream.set_nodelay(true);
-            match handshake::run(&mut stream, &self.identity()).await {
-                Ok(_) => {}
+            let node_id = match handshake::run(&mut stream, &self.identity()).await {
+                Ok(node_id) => node_id,
                 // Our own address (in the list or the DNS answer): never dial it again.
                 Err(Refusal::Itself) => return,
+                // A connection that broke (the peer starting or stopping): try again soon.
+                Err(Refusal::Broken(reason)) => {
+                    tracing::debug!(peer = %target, %reason, "peer handshake broke off");
+                    tokio::time::sleep(REDIAL_AFTER).await;
+                    continue;
+                }
                 Err(refusal) => {
                     tracing::warn!(peer = %target, reason = %refusal, "peer refused");
                     tokio::time::sleep(REDIAL_AFTER_REFUSAL).await;
                     continue;
                 }
-            }
-            if let Err(error) = self.replicate(&mut stream, store.as_deref()).await {
+            };
+            if let Err(error) = self.replicate(stream, &node_id, store.as_deref()).await {
                 tracing::debug!(peer = %target, %error, "peer connection lost; redialling");
             }
             tokio::time::sleep(REDIAL_AFTER).await;
         }
     }
 
-    /// Sends the full state, then live changes and heartbeats, until the connection fails or
-    /// the peer falls behind (then the caller starts over with a new connection).
+    /// Sends the full state, then live changes and heartbeats, and records the peer's
+    /// acknowledgements, until the connection fails or the peer falls behind (then the caller
+    /// starts over with a new connection).
     async fn replicate(
         &self,
-        stream: &mut TcpStream,
+        stream: TcpStream,
+        node_id: &str,
         store: Option<&SessionStore>,
     ) -> std::io::Result<()> {
         // Subscribed before the full state is read, so that nothing written meanwhile is
-        // missed (what is sent twice merges to the same result).
-        let mut subscription = self.replicator.subscribe();
+        // missed (what is sent twice merges to the same result). Every change numbered up to
+        // `covered` is already in the store, so the full state's acknowledgement covers it.
+        let subscription = self.replicator.subscribe(node_id);
+        let covered = self.replicator.sequence();
+        let (reader, mut writer) = stream.into_split();
         let mut state = store.map(SessionStore::full_state).unwrap_or_default();
         state.push(Replicated::SyncDone);
-        send_batches(stream, state).await?;
+        send_batches(&mut writer, state, covered).await?;
+        let acknowledgements =
+            tokio::spawn(read_acknowledgements(reader, subscription.acked.clone()));
+        let result = self.send_changes(&mut writer, subscription).await;
+        acknowledgements.abort();
+        result
+    }
+
+    async fn send_changes(
+        &self,
+        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+        mut subscription: replication::Subscription,
+    ) -> std::io::Result<()> {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     if subscription.behind.load(std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!("a peer fell behind its replication queue; resending the full state");
+                        tracing::warn!("a peer fell behind (queue overflow or no acknowledgement in time); resending the full state");
                         return Ok(());
                     }
-                    frame::write(stream, Kind::Heartbeat, &[]).await?;
+                    frame::write(writer, Kind::Heartbeat, &[]).await?;
                 }
                 change = subscription.changes.recv() => {
-                    let Some(change) = change else { return Ok(()) };
+                    let Some((mut sequence, change)) = change else { return Ok(()) };
                     let mut batch = vec![change];
                     while batch.len() < 1024 {
                         match subscription.changes.try_recv() {
-                            Ok(change) => batch.push(change),
+                            Ok((next, change)) => {
+                                sequence = next;
+                                batch.push(change);
+                            }
                             Err(_) => break,
                         }
                     }
-                    send_batches(stream, batch).await?;
+                    send_batches(writer, batch, sequence).await?;
                 }
             }
         }
     }
+
+    /// Whether peer `node_id` acknowledged change `sequence` by `deadline`: once a connection
+    /// to it is open (a live peer being redialled gets one soon), on its acknowledgements. A
+    /// peer that does not is marked behind, so that its connection starts over.
+    async fn acknowledged(
+        &self,
+        node_id: &str,
+        sequence: u64,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            if let Some((mut acked, behind)) = self.replicator.acknowledgements(node_id) {
+                match tokio::time::timeout_at(deadline, acked.wait_for(|acked| *acked >= sequence))
+                    .await
+                {
+                    Ok(Ok(_)) => return true,
+                    // The connection closed meanwhile: look for its successor.
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        behind.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return false;
+                    }
+                }
+            }
+            if tokio::time::Instant::now() + CONNECTION_POLL > deadline {
+                return false;
+            }
+            tokio::time::sleep(CONNECTION_POLL).await;
+        }
+    }
+
+    /// In `sync` mode, waits until every live peer acknowledged the changes made since
+    /// `before` (a `Replicator::sequence` reading), for at most `sync_timeout`; a peer that
+    /// did not is logged and counted, and the caller goes on.
+    pub async fn wait_for_peers(&self, before: u64) {
+        if !self.config.sync {
+            return;
+        }
+        let sequence = self.replicator.sequence();
+        if sequence <= before {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.config.sync_timeout;
+        let alive: Vec<String> = self
+            .peers()
+            .into_iter()
+            .filter(|(_, status)| status.alive)
+            .map(|(node_id, _)| node_id)
+            .collect();
+        let mut late = 0;
+        for node_id in alive {
+            if !self.acknowledged(&node_id, sequence, deadline).await {
+                late += 1;
+            }
+        }
+        if late > 0 {
+            self.sync_timeouts.inc_by(late as u64);
+            tracing::warn!(
+                peers = late,
+                timeout = ?self.config.sync_timeout,
+                "peers did not acknowledge a session change in time; the response goes on"
+            );
+        }
+    }
 }
 
-/// Writes `messages` as `Sessions` frames of about `BATCH_BYTES` each.
-async fn send_batches(stream: &mut TcpStream, messages: Vec<Replicated>) -> std::io::Result<()> {
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
-    batch.push(b'[');
-    for message in messages {
-        let encoded = serde_json::to_vec(&message).map_err(std::io::Error::other)?;
-        if batch.len() > 1 && batch.len() + encoded.len() > BATCH_BYTES {
-            batch.push(b']');
-            frame::write(stream, Kind::Sessions, &batch).await?;
-            batch.clear();
-            batch.push(b'[');
-        }
-        if batch.len() > 1 {
-            batch.push(b',');
-        }
-        batch.extend_from_slice(&encoded);
+/// How often a sync-mode response looks again for a connection to a live peer that has none
+/// open yet.
+const CONNECTION_POLL: Duration = Duration::from_millis(5);
+
+/// Records the peer's acknowledgements (the highest sequence number it merged) until the
+/// connection ends or the peer sends something else.
+async fn read_acknowledgements(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    acked: tokio::sync::watch::Sender<u64>,
+) -> std::io::Result<()> {
+    loop {
+        let frame = frame::read(&mut reader, FRAME_LIMIT).await?;
+        let sequence = <[u8; 8]>::try_from(frame.payload.as_slice())
+            .ok()
+            .filter(|_| frame.kind == Kind::Ack)
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| std::io::Error::other("a peer sent something else than an Ack"))?;
+        acked.send_if_modified(|highest| {
+            let newer = sequence > *highest;
+            *highest = (*highest).max(sequence);
+            newer
+        });
     }
-    if batch.len() > 1 {
-        batch.push(b']');
-        frame::write(stream, Kind::Sessions, &batch).await?;
+}
+
+/// A `Sessions` frame: messages, and the sequence number of the last change among them (0 for
+/// the full state, which is not acknowledged).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Batch {
+    sequence: u64,
+    messages: Vec<Replicated>,
+}
+
+/// Writes `messages` as `Sessions` frames of about `BATCH_BYTES` each; the last carries
+/// `sequence`, the earlier ones 0.
+async fn send_batches(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    messages: Vec<Replicated>,
+    sequence: u64,
+) -> std::io::Result<()> {
+    let mut pending: Vec<Replicated> = Vec::new();
+    let mut pending_bytes = 0;
+    let count = messages.len();
+    for (index, message) in messages.into_iter().enumerate() {
+        let size = serde_json::to_vec(&message).map_or(0, |encoded| encoded.len());
+        if !pending.is_empty() && pending_bytes + size > BATCH_BYTES {
+            let batch = Batch {
+                sequence: 0,
+                messages: std::mem::take(&mut pending),
+            };
+            write_batch(stream, &batch).await?;
+            pending_bytes = 0;
+        }
+        pending.push(message);
+        pending_bytes += size;
+        if index + 1 == count {
+            let batch = Batch {
+                sequence,
+                messages: std::mem::take(&mut pending),
+            };
+            write_batch(stream, &batch).await?;
+        }
     }
     Ok(())
+}
+
+async fn write_batch(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    batch: &Batch,
+) -> std::io::Result<()> {
+    let encoded = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
+    frame::write(stream, Kind::Sessions, &encoded).await
 }

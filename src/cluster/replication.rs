@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::session::replica::Replicated;
 use crate::session::{Change, ChangeListener, Origin, Rejection};
@@ -20,8 +20,12 @@ const QUEUE_LIMIT: usize = 65_536;
 /// One connected peer's queue.
 struct PeerQueue {
     number: u64,
-    sender: mpsc::Sender<Replicated>,
+    /// The peer's node id.
+    node_id: String,
+    sender: mpsc::Sender<(u64, Replicated)>,
     behind: Arc<AtomicBool>,
+    /// The highest sequence number the peer acknowledged.
+    acked: watch::Receiver<u64>,
 }
 
 /// The replication side of the store: see the module doc.
@@ -29,6 +33,8 @@ struct PeerQueue {
 pub struct Replicator {
     queues: Mutex<Vec<PeerQueue>>,
     next_number: AtomicU64,
+    /// The sequence number of the last change queued: every change gets the next one.
+    sequence: AtomicU64,
     /// Session id → latest use, sent and cleared once a second.
     touches: Mutex<HashMap<String, u64>>,
 }
@@ -36,10 +42,12 @@ pub struct Replicator {
 /// A peer connection's subscription: its queue, whether it fell behind, and its removal when
 /// dropped.
 pub struct Subscription {
-    /// Changes for this peer, in order.
-    pub changes: mpsc::Receiver<Replicated>,
-    /// Set when the queue overflowed.
+    /// Changes for this peer, in order, with their sequence numbers.
+    pub changes: mpsc::Receiver<(u64, Replicated)>,
+    /// Set when the queue overflowed, or the peer did not acknowledge in time.
     pub behind: Arc<AtomicBool>,
+    /// Where the connection records the peer's acknowledgements.
+    pub acked: watch::Sender<u64>,
     number: u64,
     replicator: Arc<Replicator>,
 }
@@ -55,22 +63,26 @@ impl Drop for Subscription {
 }
 
 impl Replicator {
-    /// Starts queueing changes for a newly connected peer.
-    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+    /// Starts queueing changes for the newly connected peer `node_id`.
+    pub fn subscribe(self: &Arc<Self>, node_id: &str) -> Subscription {
         let (sender, changes) = mpsc::channel(QUEUE_LIMIT);
         let behind = Arc::new(AtomicBool::new(false));
         let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+        let (acked, acked_receiver) = watch::channel(0);
         self.queues
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(PeerQueue {
                 number,
+                node_id: node_id.to_string(),
                 sender,
                 behind: Arc::clone(&behind),
+                acked: acked_receiver,
             });
         Subscription {
             changes,
             behind,
+            acked,
             number,
             replicator: Arc::clone(self),
         }
@@ -81,11 +93,18 @@ impl Replicator {
             .queues
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Numbered under the lock, so that every queue holds its changes in number order.
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         for queue in queues.iter() {
-            if queue.sender.try_send(message.clone()).is_err() {
+            if queue.sender.try_send((sequence, message.clone())).is_err() {
                 queue.behind.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The sequence number of the last change queued.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Relaxed)
     }
 
     /// Sends the touches gathered since the last call.
@@ -99,6 +118,21 @@ impl Replicator {
         for (id, at_ms) in touches {
             self.send(Replicated::Touch { id, at_ms });
         }
+    }
+
+    /// The acknowledgements of the connection to peer `node_id`, if one is open, and its
+    /// "behind" flag.
+    pub fn acknowledgements(
+        &self,
+        node_id: &str,
+    ) -> Option<(watch::Receiver<u64>, Arc<AtomicBool>)> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .rev()
+            .find(|queue| queue.node_id == node_id)
+            .map(|queue| (queue.acked.clone(), Arc::clone(&queue.behind)))
     }
 }
 

@@ -30,6 +30,11 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// A peer silent for this long counts as dead, until it talks again.
     pub drop_after: Duration,
+    /// `sync` replication: a response that changed a session waits until the connected peers
+    /// acknowledged the change (`false`: `async`, it does not wait).
+    pub sync: bool,
+    /// The longest a response waits for acknowledgements in sync mode.
+    pub sync_timeout: Duration,
 }
 
 /// Shortest cluster secret accepted.
@@ -104,7 +109,24 @@ impl Checker<'_> {
             let message = "must be at least two heartbeat intervals, or live peers would flap";
             self.error(drop_span, "cluster.drop_after", message);
         }
+        let sync = match raw.replication.as_ref().map(|r| r.get_ref().as_str()) {
+            None | Some("async") => false,
+            Some("sync") => true,
+            Some(other) => {
+                let span = raw.replication.as_ref().map(Spanned::span);
+                let message = format!("unknown replication `{other}`; expected async or sync");
+                self.error(span, "cluster.replication", message);
+                false
+            }
+        };
+        let sync_timeout = self.duration(
+            raw.sync_timeout,
+            "cluster.sync_timeout",
+            Duration::from_secs(1),
+        );
         Some(ClusterConfig {
+            sync,
+            sync_timeout,
             name,
             node_id,
             listen,

@@ -35,6 +35,8 @@ pub struct RawCluster {
     pub secret: Option<Spanned<String>>,
     pub heartbeat_interval: Option<Spanned<String>>,
     pub drop_after: Option<Spanned<String>>,
+    pub replication: Option<Spanned<String>>,
+    pub sync_timeout: Option<Spanned<String>>,
 }
 
 /// `[session]`: who owns sessions, and the proxy-mode store's cookie, contract and limits.

@@ -23,6 +23,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
+use crate::cluster::Cluster;
 use crate::config::{InvalidUpdate, StickyConfig, StickyMode};
 use crate::error::ProxyError;
 use crate::placement::Placement;
@@ -253,7 +254,13 @@ impl ProxyService {
                             rerouted,
                             tls: self.scheme == "https",
                         };
+                        let cluster = self.runtime.cluster.as_deref();
+                        let before = cluster.map(Cluster::sequence);
                         settled.apply(&mut response, backend)?;
+                        // In sync mode the client hears of its change once the peers hold it.
+                        if let (Some(cluster), Some(before)) = (cluster, before) {
+                            cluster.wait_for_peers(before).await;
+                        }
                         if rerouted {
                             takeovers.inc();
                         }

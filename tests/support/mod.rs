@@ -776,3 +776,91 @@ pub fn tally<'a>(bodies: impl IntoIterator<Item = &'a str>) -> HashMap<String, u
     }
     counts
 }
+
+/// A TCP relay that forwards to `target` with every chunk held back by `delay` (a slow
+/// network between peers); `cut()` drops every connection and refuses new ones (a partition)
+/// until `heal()`.
+pub struct FaultRelay {
+    pub address: SocketAddr,
+    cut: Arc<AtomicBool>,
+    generation: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultRelay {
+    pub async fn start(target: SocketAddr, delay: Duration) -> FaultRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicUsize::new(0));
+        let (task_cut, task_generation) = (Arc::clone(&cut), Arc::clone(&generation));
+        let task = tokio::spawn(async move {
+            let mut relays = tokio::task::JoinSet::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if task_cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let born = task_generation.load(Ordering::SeqCst);
+                let generation = Arc::clone(&task_generation);
+                relays.spawn(async move {
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let alive = || generation.load(Ordering::SeqCst) == born;
+                    tokio::select! {
+                        _ = pump(client_read, server_write, delay) => {}
+                        _ = pump(server_read, client_write, delay) => {}
+                        _ = async { while alive() { tokio::time::sleep(Duration::from_millis(10)).await } } => {}
+                    }
+                });
+            }
+        });
+        FaultRelay {
+            address,
+            cut,
+            generation,
+            task,
+        }
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Accepts connections again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        tokio::time::sleep(delay).await;
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
