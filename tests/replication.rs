@@ -288,3 +288,80 @@ async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_
     let (seen, _) = call(&back, Some(&cookie), &[]).await;
     assert_eq!(seen["data"]["count"], successes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port()];
+    let mut relays = Vec::new();
+    for port in ports {
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        relays.push(FaultRelay::start(target, Duration::ZERO).await);
+    }
+    let relay_ports: Vec<u16> = relays.iter().map(|relay| relay.address.port()).collect();
+    let nodes: Vec<Tandem> = (0..2)
+        .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, "")))
+        .collect();
+    for tandem in &nodes {
+        wait_ready(tandem).await;
+    }
+    let (_, shared) = call(
+        &nodes[0],
+        None,
+        &[("x-tandem-session-patch", r#"{"base":1}"#)],
+    )
+    .await;
+    let shared = shared.unwrap();
+    wait_for(&nodes[1], &shared, &json!({"base": 1})).await;
+
+    for relay in &relays {
+        relay.cut();
+    }
+    nodes[0].wait_log_all(&["peer is dead", "peer=n1"]);
+    nodes[1].wait_log_all(&["peer is dead", "peer=n0"]);
+    // Both sides write while they cannot see each other.
+    call(
+        &nodes[0],
+        Some(&shared),
+        &[("x-tandem-session-patch", r#"{"left":"a"}"#)],
+    )
+    .await;
+    call(
+        &nodes[1],
+        Some(&shared),
+        &[("x-tandem-session-patch", r#"{"right":"b"}"#)],
+    )
+    .await;
+    let (_, only_left) = call(
+        &nodes[0],
+        None,
+        &[("x-tandem-session-patch", r#"{"side":"left"}"#)],
+    )
+    .await;
+    let (_, only_right) = call(
+        &nodes[1],
+        None,
+        &[("x-tandem-session-patch", r#"{"side":"right"}"#)],
+    )
+    .await;
+
+    for relay in &relays {
+        relay.heal();
+    }
+    let merged = json!({"base": 1, "left": "a", "right": "b"});
+    for tandem in &nodes {
+        wait_for(tandem, &shared, &merged).await;
+        wait_for(
+            tandem,
+            &only_left.clone().unwrap(),
+            &json!({"side": "left"}),
+        )
+        .await;
+        wait_for(
+            tandem,
+            &only_right.clone().unwrap(),
+            &json!({"side": "right"}),
+        )
+        .await;
+    }
+}
