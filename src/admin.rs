@@ -129,7 +129,9 @@ impl Admin {
             ),
             (&Method::GET, "/metrics") => {
                 let pools = &self.runtime.snapshot().pools;
-                let mut response = text(StatusCode::OK, self.runtime.metrics.render(pools));
+                let cluster = self.runtime.cluster.as_deref();
+                let rendered = self.runtime.metrics.render(pools, cluster);
+                let mut response = text(StatusCode::OK, rendered);
                 response.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

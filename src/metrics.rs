@@ -12,6 +12,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::cluster::Cluster;
 use crate::config::BackendState;
 use crate::pool::Pool;
 use crate::session::{Change, ChangeListener, EndReason, Origin, Rejection};
@@ -40,6 +41,8 @@ pub struct Metrics {
     pub peer_up: IntGaugeVec,
     /// Peers that did not acknowledge a session change within `sync_timeout` (sync mode).
     pub sync_timeouts: IntCounter,
+    /// Session changes waiting to be sent, by peer.
+    replication_backlog: IntGaugeVec,
     backends: BackendGauges,
 }
 
@@ -209,6 +212,11 @@ impl Metrics {
             "tandem_replication_sync_timeouts_total",
             "Peers that did not acknowledge a session change within sync_timeout (sync mode).",
         );
+        let replication_backlog = r.gauges(
+            "tandem_replication_backlog",
+            "Session changes queued for a peer and not sent yet.",
+            &["peer"],
+        );
         let client_connections = r.gauge(
             "tandem_client_connections",
             "Client connections open on the public listeners.",
@@ -224,14 +232,25 @@ impl Metrics {
             reloads,
             peer_up,
             sync_timeouts,
+            replication_backlog,
             backends,
         }
     }
 
-    /// The Prometheus text exposition of every metric, with the backends of `pools` as they
-    /// are now.
-    pub fn render(&self, pools: &[Arc<Pool>]) -> String {
+    /// The Prometheus text exposition of every metric, with the backends of `pools` and the
+    /// replication backlog of `cluster` as they are now.
+    pub fn render(&self, pools: &[Arc<Pool>], cluster: Option<&Cluster>) -> String {
         self.observe_backends(pools);
+        self.replication_backlog.reset();
+        if let Some(cluster) = cluster {
+            for (peer, _) in cluster.peers() {
+                if let Some(waiting) = cluster.backlog(&peer) {
+                    self.replication_backlog
+                        .with_label_values(&[&peer])
+                        .set(waiting as i64);
+                }
+            }
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

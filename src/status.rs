@@ -136,15 +136,19 @@ impl StatusPage {
                 let _ = write!(
                     html,
                     "<p>This node: <strong>{}</strong></p><div class=\"scroll\"><table><thead><tr>\
-                     <th>Peer</th><th>Address</th><th>State</th><th>Last heard</th></tr></thead><tbody>",
+                     <th>Peer</th><th>Address</th><th>State</th><th>Last heard</th>\
+                     <th>Changes queued</th></tr></thead><tbody>",
                     escape(cluster.node_id())
                 );
                 for (node_id, status) in cluster.peers() {
                     let state = if status.alive { "up" } else { "down" };
+                    let backlog = cluster
+                        .backlog(&node_id)
+                        .map_or_else(|| "not connected".to_string(), |n| n.to_string());
                     let _ = write!(
                         html,
                         "<tr class=\"peer\" data-peer=\"{id}\" data-state=\"{state}\"><td>{id}</td><td>{}</td>\
-                         <td><span class=\"badge {state}\">{}</span></td><td>{} ago</td></tr>",
+                         <td><span class=\"badge {state}\">{}</span></td><td>{} ago</td><td>{backlog}</td></tr>",
                         status.address,
                         if status.alive { "alive" } else { "dead" },
                         human(status.last_heard.elapsed()),

@@ -94,6 +94,16 @@ impl Cluster {
         self.replicator.sequence()
     }
 
+    /// Session changes waiting to be sent to peer `node_id` (`None`: no connection to it).
+    pub fn backlog(&self, node_id: &str) -> Option<usize> {
+        self.replicator
+            .backlog()
+            .into_iter()
+            .filter(|(id, _)| id == node_id)
+            .map(|(_, waiting)| waiting)
+            .max()
+    }
+
     /// The store listener that sends this node's session changes to its peers.
     pub fn replicator(&self) -> Arc<Replicator> {
         Arc::clone(&self.replicator)

@@ -107,6 +107,19 @@ impl Replicator {
         self.sequence.load(Ordering::Relaxed)
     }
 
+    /// Changes waiting to be sent, per connected peer (by node id): how far behind it is.
+    pub fn backlog(&self) -> Vec<(String, usize)> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|queue| {
+                let waiting = queue.sender.max_capacity() - queue.sender.capacity();
+                (queue.node_id.clone(), waiting)
+            })
+            .collect()
+    }
+
     /// Sends the touches gathered since the last call.
     pub fn flush_touches(&self) {
         let touches = std::mem::take(
