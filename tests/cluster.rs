@@ -53,6 +53,11 @@ async fn peers_find_each_other_notice_a_death_and_a_return() {
         metrics.contains("tandem_cluster_peer_up{peer=\"c\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("tandem_replication_backlog{peer=\"b\"} 0"),
+        "{metrics}"
+    );
+    assert!(status.contains("Changes queued"), "{status}");
 
     drop(c);
     a.wait_log_all(&["peer is dead", "peer=c"]);
