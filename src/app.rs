@@ -15,7 +15,7 @@ use crate::admin::Admin;
 use crate::cluster::Cluster;
 use crate::config::{Config, ListenConfig, SessionMode};
 use crate::metrics::Metrics;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, SharedTables};
 use crate::server::{self, ListenerKind};
 use crate::session::clock::Clock;
 use crate::session::snapshot::Loaded;
@@ -167,8 +167,9 @@ impl App {
         let cluster = match (&self.runtime.cluster, self.cluster_listener) {
             (Some(cluster), Some(listener)) => {
                 let store = self.runtime.sessions.clone();
+                let tables = Arc::new(SharedTables(Arc::downgrade(&self.runtime)));
                 Some(AbortOnDrop(tokio::spawn(
-                    Arc::clone(cluster).run(listener, store),
+                    Arc::clone(cluster).run(listener, store, tables),
                 )))
             }
             _ => None,

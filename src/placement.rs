@@ -80,6 +80,17 @@ impl StickyTable {
         Some(entry.takeover.clone())
     }
 
+    /// Every live entry (for a peer that needs the full state).
+    pub fn snapshot(&self) -> Vec<(String, Placement)> {
+        let entries = self.entries();
+        entries
+            .by_base
+            .iter()
+            .filter(|(_, entry)| entry.last_used.elapsed() <= self.ttl)
+            .map(|(base, entry)| (base.clone(), entry.takeover.clone()))
+            .collect()
+    }
+
     /// Records that session `base` now lives at `takeover.route`.
     pub fn record(&self, base: &str, takeover: Placement) {
         let mut entries = self.entries();

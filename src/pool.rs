@@ -11,11 +11,12 @@ use std::time::Instant;
 use http::uri::Authority;
 
 use crate::balancer::{self, Candidates, Select};
+use crate::cluster::replication::Replicator;
 use crate::config::{
     BackendConfig, BackendState, PassiveConfig, PoolConfig, StickyConfig, StickyMode,
 };
 use crate::metrics::Metrics;
-use crate::placement::{CookieTemplates, StickyTable};
+use crate::placement::{CookieTemplates, Placement, StickyTable};
 use crate::proxy::upstream::Upstream;
 use crate::retry::RetryBudget;
 use crate::sticky::{self, SessionId};
@@ -285,6 +286,8 @@ pub struct Pool {
     pub sticky_table: Arc<StickyTable>,
     /// How the backends set their session cookies; kept across reloads.
     pub cookie_templates: Arc<CookieTemplates>,
+    /// Where placements recorded here go to the cluster's peers; `None` on a single node.
+    shared: Option<Arc<Replicator>>,
     /// The keep-alive client for this pool's backends; shared with the previous snapshot when
     /// its settings did not change.
     pub upstream: Arc<Upstream>,
@@ -294,7 +297,12 @@ impl Pool {
     /// Builds a pool. `previous` is the pool of the same name before a reload, if any: its
     /// backends' live state (open requests, health) and, when the connection settings are
     /// unchanged, its keep-alive connections are kept.
-    pub fn new(config: PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
+    pub fn new(
+        config: PoolConfig,
+        previous: Option<&Pool>,
+        metrics: &Metrics,
+        shared: Option<Arc<Replicator>>,
+    ) -> Pool {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
@@ -361,6 +369,7 @@ impl Pool {
             .map(|p| Arc::clone(&p.cookie_templates))
             .unwrap_or_default();
         Pool {
+            shared,
             sticky_table,
             cookie_templates,
             retry_budget: RetryBudget::new(config.retry.budget),
@@ -412,6 +421,15 @@ impl Pool {
                 backend_id,
             })
         })
+    }
+
+    /// Records where session `key` lives now (a takeover, a learned id), here and on the
+    /// cluster's peers, so that every tandem routes the session alike.
+    pub fn record_placement(&self, key: &str, placement: Placement) {
+        if let Some(shared) = &self.shared {
+            shared.placement(&self.name, key, &placement);
+        }
+        self.sticky_table.record(key, placement);
     }
 
     /// The backend whose route is `route`, if this pool has one.

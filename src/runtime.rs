@@ -31,14 +31,24 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+    fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        cluster: Option<&Cluster>,
+    ) -> Snapshot {
         let pools = config
             .pools
             .iter()
             .map(|pool| {
                 let old =
                     previous.and_then(|p| p.pools.iter().find(|old| old.config.name == pool.name));
-                Arc::new(Pool::new(pool.clone(), old.map(|p| p.as_ref()), metrics))
+                Arc::new(Pool::new(
+                    pool.clone(),
+                    old.map(|p| p.as_ref()),
+                    metrics,
+                    cluster.map(Cluster::replicator),
+                ))
             })
             .collect();
         Snapshot {
@@ -80,7 +90,7 @@ impl Runtime {
         tls: Option<Arc<rustls::ServerConfig>>,
         cluster: Option<Arc<Cluster>>,
     ) -> Runtime {
-        let snapshot = Snapshot::build(config, None, &metrics);
+        let snapshot = Snapshot::build(config, None, &metrics, cluster.as_deref());
         let health = Mutex::new(Some(HealthChecks::start(&snapshot.pools, &metrics)));
         Runtime {
             current: ArcSwap::from_pointee(snapshot),
@@ -162,7 +172,12 @@ impl Runtime {
                 )),
             }
         }
-        let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.metrics));
+        let snapshot = Arc::new(Snapshot::build(
+            config,
+            Some(&previous),
+            &self.metrics,
+            self.cluster.as_deref(),
+        ));
         let checks = HealthChecks::start(&snapshot.pools, &self.metrics);
         self.current.store(snapshot);
         let mut health = self
@@ -172,5 +187,39 @@ impl Runtime {
         // The old snapshot's checks stop here; the backends' up/down state lives on in the pools.
         drop(health.replace(checks));
         warnings
+    }
+}
+
+/// The pools' sticky tables as the cluster shares them: read for a peer's full state, written
+/// with placements peers recorded. Holds the runtime weakly (the runtime holds the cluster).
+pub struct SharedTables(pub std::sync::Weak<Runtime>);
+
+impl crate::cluster::StickyTables for SharedTables {
+    fn all(&self) -> Vec<(String, String, crate::placement::Placement)> {
+        let Some(runtime) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let snapshot = runtime.snapshot();
+        snapshot
+            .pools
+            .iter()
+            .flat_map(|pool| {
+                pool.sticky_table
+                    .snapshot()
+                    .into_iter()
+                    .map(|(key, placement)| (pool.name.to_string(), key, placement))
+            })
+            .collect()
+    }
+
+    fn record(&self, pool: &str, key: &str, placement: crate::placement::Placement) {
+        let Some(runtime) = self.0.upgrade() else {
+            return;
+        };
+        let snapshot = runtime.snapshot();
+        if let Some(pool) = snapshot.pools.iter().find(|p| &*p.name == pool) {
+            // Into the table only: it came from a peer, it is not sent on.
+            pool.sticky_table.record(key, placement);
+        }
     }
 }

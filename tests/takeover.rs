@@ -180,3 +180,60 @@ async fn a_backend_that_renames_the_session_itself_is_followed() {
         vec![format!("JSESSIONID=S1.{taker}; HttpOnly; Path=/app")]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_takeovers_are_shared_with_peers() {
+    let backends = three_backends().await;
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let ports = [port(()), port(())];
+    let pools = pool(
+        "web",
+        "round_robin",
+        "",
+        &[&backends[0], &backends[1], &backends[2]],
+    );
+    let node = |i: usize| {
+        let peer = ports[1 - i];
+        config(&format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\n\n[cluster]\nname = \"edge\"\nnode_id = \"t{i}\"\nlisten = \"127.0.0.1:{}\"\npeers = [\"127.0.0.1:{peer}\"]\nsecret = \"a-secret-for-the-takeover-test-0123456789\"\nheartbeat_interval = \"100ms\"\ndrop_after = \"1s\"\n\n{pools}",
+            ports[i]
+        ))
+    };
+    let first = Tandem::start(&node(0));
+    let second = Tandem::start(&node(1));
+    first.wait_log_all(&["full session state received", "peer=t1"]);
+    second.wait_log_all(&["full session state received", "peer=t0"]);
+    // Shift the second tandem's round robin, so that on its own it would choose differently.
+    get(&client(), &second.url("/")).await;
+    backends[0].kill().await;
+    // Sessions of the dead backend `a` move through the first tandem...
+    let mut moved_to = Vec::new();
+    for i in 0..6 {
+        let answer = whoami(&first, &format!("S{i}.a")).await;
+        moved_to.push(answer.body.split(' ').next().unwrap().to_string());
+    }
+    assert!(moved_to.iter().all(|b| b != "a"), "{moved_to:?}");
+    // ...and the second tandem sends each of them where the first one moved it.
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let mut seen = Vec::new();
+        for i in 0..6 {
+            let answer = whoami(&second, &format!("S{i}.a")).await;
+            seen.push(answer.body.split(' ').next().unwrap().to_string());
+        }
+        if seen == moved_to {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the second tandem routes {seen:?}, the first moved them to {moved_to:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

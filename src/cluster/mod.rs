@@ -45,6 +45,15 @@ const REDIAL_AFTER_REFUSAL: Duration = Duration::from_secs(5);
 /// Bytes of session messages per frame at most (a frame holds at least one message).
 const BATCH_BYTES: usize = 1 << 20;
 
+/// The pools' sticky tables, shared among peers beside the sessions (route takeovers and
+/// learned ids), so that every tandem routes a session alike.
+pub trait StickyTables: Send + Sync {
+    /// Every placement, as (pool, session key, placement).
+    fn all(&self) -> Vec<(String, String, crate::placement::Placement)>;
+    /// Records a placement a peer made.
+    fn record(&self, pool: &str, key: &str, placement: crate::placement::Placement);
+}
+
 /// What this node knows of one peer.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
@@ -198,13 +207,19 @@ impl Cluster {
 
     /// Runs the cluster: accepts peers on `listener`, dials the configured ones, resolves the
     /// DNS name, and checks liveness; until the task is dropped.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, store: Option<Arc<SessionStore>>) {
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        store: Option<Arc<SessionStore>>,
+        tables: Arc<dyn StickyTables>,
+    ) {
+        let shared = Shared { store, tables };
         let mut tasks = JoinSet::new();
-        tasks.spawn(Arc::clone(&self).accept(listener, store.clone()));
+        tasks.spawn(Arc::clone(&self).accept(listener, shared.clone()));
         let mut dialled = HashSet::new();
         for peer in &self.config.peers {
             dialled.insert(peer.clone());
-            tasks.spawn(Arc::clone(&self).dial(peer.clone(), store.clone()));
+            tasks.spawn(Arc::clone(&self).dial(peer.clone(), shared.clone()));
         }
         let mut liveness = tokio::time::interval(self.config.heartbeat_interval);
         let mut dns = tokio::time::interval(self.config.dns_interval);
@@ -220,7 +235,7 @@ impl Cluster {
                         Ok(addresses) => {
                             for address in addresses {
                                 if dialled.insert(address.to_string()) {
-                                    tasks.spawn(Arc::clone(&self).dial(address.to_string(), store.clone()));
+                                    tasks.spawn(Arc::clone(&self).dial(address.to_string(), shared.clone()));
                                 }
                             }
                         }
@@ -231,7 +246,7 @@ impl Cluster {
         }
     }
 
-    async fn accept(self: Arc<Self>, listener: TcpListener, store: Option<Arc<SessionStore>>) {
+    async fn accept(self: Arc<Self>, listener: TcpListener, shared: Shared) {
         loop {
             let (stream, address) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -241,18 +256,13 @@ impl Cluster {
                     continue;
                 }
             };
-            tokio::spawn(Arc::clone(&self).hear(stream, address, store.clone()));
+            tokio::spawn(Arc::clone(&self).hear(stream, address, shared.clone()));
         }
     }
 
     /// One inbound peer connection: the handshake, then every frame it sends, session changes
     /// merged into `store`.
-    async fn hear(
-        self: Arc<Self>,
-        mut stream: TcpStream,
-        address: SocketAddr,
-        store: Option<Arc<SessionStore>>,
-    ) {
+    async fn hear(self: Arc<Self>, mut stream: TcpStream, address: SocketAddr, shared: Shared) {
         let node_id = match handshake::run(&mut stream, &self.identity()).await {
             Ok(node_id) => node_id,
             Err(Refusal::Itself) => return,
@@ -281,7 +291,16 @@ impl Cluster {
                                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                                 .insert(node_id.clone());
                             tracing::info!(peer = %node_id, "full session state received from peer");
-                        } else if let Some(store) = &store {
+                        } else if let Replicated::Placement {
+                            pool,
+                            key,
+                            route,
+                            backend_id,
+                        } = message
+                        {
+                            let placement = crate::placement::Placement { route, backend_id };
+                            shared.tables.record(&pool, &key, placement);
+                        } else if let Some(store) = &shared.store {
                             store.merge_remote(message);
                         }
                     }
@@ -308,7 +327,7 @@ impl Cluster {
 
     /// Keeps a connection to the peer at `target`: the full state of `store` first, then
     /// session changes as they come and a heartbeat every interval.
-    async fn dial(self: Arc<Self>, target: String, store: Option<Arc<SessionStore>>) {
+    async fn dial(self: Arc<Self>, target: String, shared: Shared) {
         loop {
             let connected =
                 tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.as_str())).await;
@@ -342,7 +361,7 @@ impl Cluster {
                     continue;
                 }
             };
-            if let Err(error) = self.replicate(stream, &node_id, store.as_deref()).await {
+            if let Err(error) = self.replicate(stream, &node_id, &shared).await {
                 tracing::debug!(peer = %target, %error, "peer connection lost; redialling");
             }
             tokio::time::sleep(REDIAL_AFTER).await;
@@ -356,7 +375,7 @@ impl Cluster {
         &self,
         stream: TcpStream,
         node_id: &str,
-        store: Option<&SessionStore>,
+        shared: &Shared,
     ) -> std::io::Result<()> {
         // Subscribed before the full state is read, so that nothing written meanwhile is
         // missed (what is sent twice merges to the same result). Every change numbered up to
@@ -364,7 +383,23 @@ impl Cluster {
         let subscription = self.replicator.subscribe(node_id);
         let covered = self.replicator.sequence();
         let (reader, mut writer) = stream.into_split();
-        let mut state = store.map(SessionStore::full_state).unwrap_or_default();
+        let mut state = shared
+            .store
+            .as_deref()
+            .map(SessionStore::full_state)
+            .unwrap_or_default();
+        state.extend(
+            shared
+                .tables
+                .all()
+                .into_iter()
+                .map(|(pool, key, placement)| Replicated::Placement {
+                    pool,
+                    key,
+                    route: placement.route,
+                    backend_id: placement.backend_id,
+                }),
+        );
         state.push(Replicated::SyncDone);
         send_batches(&mut writer, state, covered).await?;
         let acknowledgements =
@@ -495,6 +530,14 @@ async fn read_acknowledgements(
             newer
         });
     }
+}
+
+/// What the peer connections read from and write into: the session store (proxy mode) and
+/// the pools' sticky tables.
+#[derive(Clone)]
+struct Shared {
+    store: Option<Arc<SessionStore>>,
+    tables: Arc<dyn StickyTables>,
 }
 
 /// A `Sessions` frame: messages, and the sequence number of the last change among them (0 for

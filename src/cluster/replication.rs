@@ -120,6 +120,16 @@ impl Replicator {
             .collect()
     }
 
+    /// Sends a sticky placement recorded on this node (a takeover, a learned id).
+    pub fn placement(&self, pool: &str, key: &str, placement: &crate::placement::Placement) {
+        self.send(Replicated::Placement {
+            pool: pool.to_string(),
+            key: key.to_string(),
+            route: placement.route.clone(),
+            backend_id: placement.backend_id.clone(),
+        });
+    }
+
     /// Sends the touches gathered since the last call.
     pub fn flush_touches(&self) {
         let touches = std::mem::take(

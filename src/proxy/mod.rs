@@ -870,7 +870,7 @@ fn settle_session(
                 route: served_route.clone(),
                 backend_id: cookie.value().to_string(),
             };
-            pool.sticky_table.record(cookie.value(), placement);
+            pool.record_placement(cookie.value(), placement);
             continue;
         }
         pool.cookie_templates.learn(&cookie);
@@ -890,7 +890,7 @@ fn settle_session(
             if served != target.owner {
                 takeovers.inc();
             }
-            pool.sticky_table.record(
+            pool.record_placement(
                 &target.key,
                 Placement {
                     route: served_route.clone(),
@@ -905,7 +905,7 @@ fn settle_session(
             .backend_id
             .clone()
             .unwrap_or_else(|| target.id.clone());
-        pool.sticky_table.record(
+        pool.record_placement(
             &target.key,
             Placement {
                 route: served_route.clone(),

@@ -166,6 +166,18 @@ pub enum Replicated {
         /// The session id.
         id: String,
     },
+    /// A sticky session of pool `pool` lives at `route` now (a route takeover, or an id learned
+    /// in `learn` mode), known to the backends as `backend_id`.
+    Placement {
+        /// The pool's name.
+        pool: String,
+        /// The session key in the pool's sticky table.
+        key: String,
+        /// The route of the backend that holds the session.
+        route: String,
+        /// The id the backends know the session by.
+        backend_id: String,
+    },
     /// The sender's full state has all been sent (a joining peer is ready after it).
     SyncDone,
 }
@@ -220,7 +232,8 @@ impl SessionStore {
     /// Merges a peer's message into this store. Nothing here is sent on to other peers.
     pub fn merge_remote(&self, message: Replicated) {
         match message {
-            Replicated::SyncDone => {}
+            // Sticky placements are the pools' business, handled by the cluster.
+            Replicated::SyncDone | Replicated::Placement { .. } => {}
             Replicated::Ended { id } => {
                 self.remember_ended(&id);
                 self.end_with(&id, super::EndReason::Invalidated, Origin::Remote);
