@@ -71,9 +71,8 @@ impl App {
             Some(cluster_config) => {
                 let listener = server::bind(&[cluster_config.listen]).await?.remove(0);
                 let peer_up = metrics.peer_up.clone();
-                let sync_timeouts = metrics.sync_timeouts.clone();
-                let cluster =
-                    Arc::new(Cluster::new(cluster_config.clone(), peer_up, sync_timeouts));
+                let replication = metrics.replication.clone();
+                let cluster = Arc::new(Cluster::new(cluster_config.clone(), peer_up, replication));
                 Some((cluster, listener))
             }
             None => None,

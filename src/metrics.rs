@@ -39,8 +39,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// 1 while a peer is alive, 0 once it is dead, by peer node id.
     pub peer_up: IntGaugeVec,
-    /// Peers that did not acknowledge a session change within `sync_timeout` (sync mode).
-    pub sync_timeouts: IntCounter,
+    /// The replication's figures.
+    pub replication: ReplicationMetrics,
     /// Session changes waiting to be sent, by peer.
     replication_backlog: IntGaugeVec,
     backends: BackendGauges,
@@ -208,10 +208,26 @@ impl Metrics {
             "1 while the peer is heard from, 0 once it is counted dead.",
             &["peer"],
         );
-        let sync_timeouts = r.counter(
-            "tandem_replication_sync_timeouts_total",
-            "Peers that did not acknowledge a session change within sync_timeout (sync mode).",
-        );
+        let replication = ReplicationMetrics {
+            messages: r.counters(
+                "tandem_replication_messages_total",
+                "Replication messages, by direction (sent, received) and kind.",
+                &["direction", "kind"],
+            ),
+            bytes: r.counters(
+                "tandem_replication_bytes_total",
+                "Bytes of replication frames, by direction (sent, received).",
+                &["direction"],
+            ),
+            resyncs: r.counter(
+                "tandem_replication_resyncs_total",
+                "Peer connections started over with a full transfer because the peer fell behind.",
+            ),
+            sync_timeouts: r.counter(
+                "tandem_replication_sync_timeouts_total",
+                "Peers that did not acknowledge a session change within sync_timeout (sync mode).",
+            ),
+        };
         let replication_backlog = r.gauges(
             "tandem_replication_backlog",
             "Session changes queued for a peer and not sent yet.",
@@ -231,7 +247,7 @@ impl Metrics {
             health,
             reloads,
             peer_up,
-            sync_timeouts,
+            replication,
             replication_backlog,
             backends,
         }
@@ -314,6 +330,19 @@ pub fn status_class(status: StatusCode) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// Replication among peers.
+#[derive(Clone)]
+pub struct ReplicationMetrics {
+    /// Messages by direction and kind.
+    pub messages: IntCounterVec,
+    /// Frame bytes by direction.
+    pub bytes: IntCounterVec,
+    /// Connections started over because the peer fell behind.
+    pub resyncs: IntCounter,
+    /// Peers late to acknowledge in sync mode.
+    pub sync_timeouts: IntCounter,
 }
 
 /// Sessions of the store: fed by its changes, never labelled by session.

@@ -146,6 +146,19 @@ async fn written_through_one_peer_read_through_the_others_and_ended_everywhere()
     for tandem in &nodes {
         wait_for(tandem, &cookie, &Value::Null).await;
     }
+    // The traffic shows in the metrics.
+    let metrics = get(&client(), &nodes[1].admin_url("/metrics")).await.body;
+    for series in [
+        "tandem_replication_messages_total{direction=\"received\",kind=\"upsert\"}",
+        "tandem_replication_messages_total{direction=\"sent\",kind=\"ended\"}",
+        "tandem_replication_bytes_total{direction=\"sent\"}",
+    ] {
+        let value: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}"));
+        assert!(value > 0.0, "{series} = {value}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,5 +376,73 @@ async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
             &json!({"side": "right"}),
         )
         .await;
+    }
+}
+
+/// Writes a session snapshot of `count` sessions `{"i":N}` to `path`; returns their cookies'
+/// ids.
+fn write_snapshot(path: &std::path::Path, count: usize) -> Vec<String> {
+    use std::io::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(file, r#"{{"tandem_sessions":1,"written_ms":{now}}}"#).unwrap();
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("{i:0>32}");
+        writeln!(
+            file,
+            r#"{{"id":"{id}","route":"app","created_ms":{now},"last_access_ms":{now},"idle_timeout_ms":3600000,"absolute_timeout_ms":7200000,"attributes":{{"i":{i}}}}}"#
+        )
+        .unwrap();
+        ids.push(id);
+    }
+    writeln!(file, r#"{{"end":{count}}}"#).unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_joining_a_node_with_100000_sessions_is_ready_only_once_it_has_them_all() {
+    const SESSIONS: usize = 100_000;
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port()];
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("sessions");
+    let ids = write_snapshot(&snapshot, SESSIONS);
+    let with_snapshot = node(0, &ports, &backend).replacen(
+        "mode = \"proxy\"",
+        &format!("mode = \"proxy\"\nsnapshot = \"{}\"", snapshot.display()),
+        1,
+    );
+    let holder = Tandem::start(&with_snapshot);
+    holder.wait_log_all(&["sessions read back", "sessions=100000"]);
+    let joining = Tandem::start(&node(1, &ports, &backend));
+    let metric = |text: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("tandem_sessions_live "))
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Whenever it says ready, it holds all of them.
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = get(&client(), &joining.admin_url("/readyz")).await.status == 200;
+        let live = metric(&get(&client(), &joining.admin_url("/metrics")).await.body);
+        if ready {
+            assert_eq!(live, SESSIONS as f64, "ready with {live} sessions");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "never ready; {live} sessions so far"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in [0, 4_242, SESSIONS - 1] {
+        let cookie = format!("TANDEMSESSION={}", ids[i]);
+        let (seen, _) = call(&joining, Some(&cookie), &[]).await;
+        assert_eq!(seen["data"], json!({"i": i}));
     }
 }

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::config::ClusterConfig;
+use crate::metrics::ReplicationMetrics;
 use crate::session::replica::Replicated;
 use crate::session::SessionStore;
 use frame::Kind;
@@ -71,8 +72,8 @@ pub struct Cluster {
     peers: Mutex<HashMap<String, PeerStatus>>,
     peer_up: IntGaugeVec,
     replicator: Arc<Replicator>,
-    /// Peers that did not acknowledge a change within `sync_timeout`.
-    sync_timeouts: prometheus::IntCounter,
+    /// Messages, bytes, resyncs and sync timeouts.
+    metrics: ReplicationMetrics,
     /// Peers whose full state has arrived.
     synced: Mutex<HashSet<String>>,
     started: Instant,
@@ -80,14 +81,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// A cluster member with no peer heard yet; `peer_up` is the per-peer gauge,
-    /// `sync_timeouts` counts peers late to acknowledge in sync mode.
+    /// `metrics` counts the replication's messages, bytes, resyncs and sync timeouts.
     pub fn new(
         config: ClusterConfig,
         peer_up: IntGaugeVec,
-        sync_timeouts: prometheus::IntCounter,
+        metrics: ReplicationMetrics,
     ) -> Cluster {
         Cluster {
-            sync_timeouts,
+            metrics,
             config,
             peers: Mutex::new(HashMap::new()),
             peer_up,
@@ -277,6 +278,10 @@ impl Cluster {
                 Ok(frame) if frame.kind == Kind::Heartbeat => self.heard(&node_id, address),
                 Ok(frame) if frame.kind == Kind::Sessions => {
                     self.heard(&node_id, address);
+                    self.metrics
+                        .bytes
+                        .with_label_values(&["received"])
+                        .inc_by(frame.payload.len() as u64 + 5);
                     let batch: Batch = match serde_json::from_slice(&frame.payload) {
                         Ok(batch) => batch,
                         Err(error) => {
@@ -285,6 +290,10 @@ impl Cluster {
                         }
                     };
                     for message in batch.messages {
+                        self.metrics
+                            .messages
+                            .with_label_values(&["received", message.kind()])
+                            .inc();
                         if matches!(message, Replicated::SyncDone) {
                             self.synced
                                 .lock()
@@ -401,7 +410,7 @@ impl Cluster {
                 }),
         );
         state.push(Replicated::SyncDone);
-        send_batches(&mut writer, state, covered).await?;
+        send_batches(&mut writer, state, covered, &self.metrics).await?;
         let acknowledgements =
             tokio::spawn(read_acknowledgements(reader, subscription.acked.clone()));
         let result = self.send_changes(&mut writer, subscription).await;
@@ -419,6 +428,7 @@ impl Cluster {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     if subscription.behind.load(std::sync::atomic::Ordering::Relaxed) {
+                        self.metrics.resyncs.inc();
                         tracing::warn!("a peer fell behind (queue overflow or no acknowledgement in time); resending the full state");
                         return Ok(());
                     }
@@ -436,7 +446,7 @@ impl Cluster {
                             Err(_) => break,
                         }
                     }
-                    send_batches(writer, batch, sequence).await?;
+                    send_batches(writer, batch, sequence, &self.metrics).await?;
                 }
             }
         }
@@ -497,7 +507,7 @@ impl Cluster {
             }
         }
         if late > 0 {
-            self.sync_timeouts.inc_by(late as u64);
+            self.metrics.sync_timeouts.inc_by(late as u64);
             tracing::warn!(
                 peers = late,
                 timeout = ?self.config.sync_timeout,
@@ -554,18 +564,23 @@ async fn send_batches(
     stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     messages: Vec<Replicated>,
     sequence: u64,
+    metrics: &ReplicationMetrics,
 ) -> std::io::Result<()> {
     let mut pending: Vec<Replicated> = Vec::new();
     let mut pending_bytes = 0;
     let count = messages.len();
     for (index, message) in messages.into_iter().enumerate() {
         let size = serde_json::to_vec(&message).map_or(0, |encoded| encoded.len());
+        metrics
+            .messages
+            .with_label_values(&["sent", message.kind()])
+            .inc();
         if !pending.is_empty() && pending_bytes + size > BATCH_BYTES {
             let batch = Batch {
                 sequence: 0,
                 messages: std::mem::take(&mut pending),
             };
-            write_batch(stream, &batch).await?;
+            write_batch(stream, &batch, metrics).await?;
             pending_bytes = 0;
         }
         pending.push(message);
@@ -575,7 +590,7 @@ async fn send_batches(
                 sequence,
                 messages: std::mem::take(&mut pending),
             };
-            write_batch(stream, &batch).await?;
+            write_batch(stream, &batch, metrics).await?;
         }
     }
     Ok(())
@@ -584,7 +599,12 @@ async fn send_batches(
 async fn write_batch(
     stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     batch: &Batch,
+    metrics: &ReplicationMetrics,
 ) -> std::io::Result<()> {
     let encoded = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
+    metrics
+        .bytes
+        .with_label_values(&["sent"])
+        .inc_by(encoded.len() as u64 + 5);
     frame::write(stream, Kind::Sessions, &encoded).await
 }

@@ -183,6 +183,17 @@ pub enum Replicated {
 }
 
 impl Replicated {
+    /// A short fixed name of the message's kind, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Replicated::Upsert { .. } => "upsert",
+            Replicated::Touch { .. } => "touch",
+            Replicated::Ended { .. } => "ended",
+            Replicated::Placement { .. } => "placement",
+            Replicated::SyncDone => "sync_done",
+        }
+    }
+
     /// The message for session `id`: its fields and the attributes named by `keys` (all of
     /// them with `None`).
     pub fn upsert(id: &str, session: &Session, keys: Option<&[&str]>) -> Replicated {
