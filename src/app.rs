@@ -72,7 +72,9 @@ impl App {
                 let listener = server::bind(&[cluster_config.listen]).await?.remove(0);
                 let peer_up = metrics.peer_up.clone();
                 let replication = metrics.replication.clone();
-                let cluster = Arc::new(Cluster::new(cluster_config.clone(), peer_up, replication));
+                let cluster = Cluster::new(cluster_config.clone(), peer_up, replication)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                let cluster = Arc::new(cluster);
                 Some((cluster, listener))
             }
             None => None,

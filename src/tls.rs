@@ -293,3 +293,54 @@ pub fn backend_connector<C>(
     };
     builder.enable_http1().wrap_connector(inner)
 }
+
+/// The rustls settings of mutual TLS between peers: as a server, a client certificate of the
+/// cluster's CA is required; as a client, the peer's certificate must chain to it too.
+pub fn peer_configs(
+    tls: &crate::config::PeerTlsConfig,
+) -> Result<(Arc<ServerConfig>, Arc<rustls::ClientConfig>), String> {
+    let provider = Arc::new(ring::default_provider());
+    let roots = Arc::new(load_roots(&tls.ca)?);
+    let mine = load(&tls.cert, &tls.key)?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::clone(&roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|e| format!("peer TLS: {e}"))?;
+    let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("peer TLS: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(
+            SniResolver::new(vec![LoadedCertificate {
+                key: Arc::clone(&mine.key),
+                names: mine.names.clone(),
+            }])
+            .ok_or("no peer certificate")?,
+        ));
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("peer TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(FixedClientCertificate(mine.key)));
+    Ok((Arc::new(server), Arc::new(client)))
+}
+
+/// The client certificate a peer presents: always this node's.
+#[derive(Debug)]
+struct FixedClientCertificate(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -135,3 +135,54 @@ async fn frames_that_lie_are_closed_without_a_large_allocation() {
     // It still serves.
     assert_eq!(get(&client(), &a.url("/")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_mutual_tls_connect_and_a_foreign_certificate_is_refused() {
+    let backend = Backend::start("app").await;
+    let cluster_ca = Pki::new();
+    let stranger_ca = Pki::new();
+    for stem in ["a", "b"] {
+        cluster_ca.issue(stem, &["127.0.0.1"]);
+    }
+    stranger_ca.issue("c", &["127.0.0.1"]);
+    let tls = |pki: &Pki, stem: &str| {
+        format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            cluster_ca.path("ca.pem").display(),
+            pki.path(&format!("{stem}.pem")).display(),
+            pki.path(&format!("{stem}.key")).display()
+        )
+    };
+    let [a_port, b_port, c_port] = [free_port(), free_port(), free_port()];
+    let a = Tandem::start(&node(
+        "a",
+        a_port,
+        &[b_port],
+        &backend,
+        &tls(&cluster_ca, "a"),
+    ));
+    let b = Tandem::start(&node(
+        "b",
+        b_port,
+        &[a_port],
+        &backend,
+        &tls(&cluster_ca, "b"),
+    ));
+    a.wait_log_all(&["peer is alive", "peer=b"]);
+    b.wait_log_all(&["peer is alive", "peer=a"]);
+    // c knows the secret but holds a certificate of another CA.
+    let c = Tandem::start(&node(
+        "c",
+        c_port,
+        &[a_port],
+        &backend,
+        &tls(&stranger_ca, "c"),
+    ));
+    a.wait_log("peer connection refused: TLS handshake failed");
+    assert_eq!(
+        a.log_count("peer=c"),
+        0,
+        "c never got as far as its node id"
+    );
+    assert_eq!(c.log_count("peer is alive"), 0);
+}

@@ -55,6 +55,21 @@ pub trait StickyTables: Send + Sync {
     fn record(&self, pool: &str, key: &str, placement: crate::placement::Placement);
 }
 
+/// A peer connection: plain TCP, or TLS over it.
+pub trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for T {}
+
+/// A peer connection of either kind.
+type PeerStream = Box<dyn PeerIo>;
+
+/// Mutual TLS between peers: how this node accepts and dials.
+#[derive(Clone)]
+struct PeerTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
 /// What this node knows of one peer.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
@@ -74,6 +89,8 @@ pub struct Cluster {
     replicator: Arc<Replicator>,
     /// Messages, bytes, resyncs and sync timeouts.
     metrics: ReplicationMetrics,
+    /// Mutual TLS, when `[cluster]` configures it.
+    tls: Option<PeerTls>,
     /// Peers whose full state has arrived.
     synced: Mutex<HashSet<String>>,
     started: Instant,
@@ -86,8 +103,19 @@ impl Cluster {
         config: ClusterConfig,
         peer_up: IntGaugeVec,
         metrics: ReplicationMetrics,
-    ) -> Cluster {
-        Cluster {
+    ) -> Result<Cluster, String> {
+        let tls = match &config.tls {
+            None => None,
+            Some(files) => {
+                let (server, client) = crate::tls::peer_configs(files)?;
+                Some(PeerTls {
+                    acceptor: tokio_rustls::TlsAcceptor::from(server),
+                    connector: tokio_rustls::TlsConnector::from(client),
+                })
+            }
+        };
+        Ok(Cluster {
+            tls,
             metrics,
             config,
             peers: Mutex::new(HashMap::new()),
@@ -95,7 +123,7 @@ impl Cluster {
             replicator: Arc::new(Replicator::default()),
             synced: Mutex::new(HashSet::new()),
             started: Instant::now(),
-        }
+        })
     }
 
     /// The sequence number of the last session change queued for peers (see
@@ -257,13 +285,31 @@ impl Cluster {
                     continue;
                 }
             };
-            tokio::spawn(Arc::clone(&self).hear(stream, address, shared.clone()));
+            let cluster = Arc::clone(&self);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let stream: PeerStream = match &cluster.tls {
+                    None => Box::new(stream),
+                    Some(tls) => {
+                        let accepting = tls.acceptor.accept(stream);
+                        match tokio::time::timeout(CONNECT_TIMEOUT, accepting).await {
+                            Ok(Ok(stream)) => Box::new(stream),
+                            Ok(Err(error)) => {
+                                tracing::warn!(%address, %error, "peer connection refused: TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                cluster.hear(stream, address, shared).await;
+            });
         }
     }
 
     /// One inbound peer connection: the handshake, then every frame it sends, session changes
     /// merged into `store`.
-    async fn hear(self: Arc<Self>, mut stream: TcpStream, address: SocketAddr, shared: Shared) {
+    async fn hear(self: Arc<Self>, mut stream: PeerStream, address: SocketAddr, shared: Shared) {
         let node_id = match handshake::run(&mut stream, &self.identity()).await {
             Ok(node_id) => node_id,
             Err(Refusal::Itself) => return,
@@ -340,7 +386,7 @@ impl Cluster {
         loop {
             let connected =
                 tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.as_str())).await;
-            let mut stream = match connected {
+            let stream = match connected {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     tracing::debug!(peer = %target, %error, "cannot reach peer");
@@ -354,6 +400,33 @@ impl Cluster {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let mut stream: PeerStream = match &self.tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    let host = target
+                        .rsplit_once(':')
+                        .map_or(target.as_str(), |(host, _)| host);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let Ok(name) = rustls_pki_types::ServerName::try_from(host.to_string()) else {
+                        tracing::warn!(peer = %target, "not a name or address TLS can verify");
+                        return;
+                    };
+                    match tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(error)) => {
+                            tracing::warn!(peer = %target, %error, "peer refused: TLS handshake failed");
+                            tokio::time::sleep(REDIAL_AFTER_REFUSAL).await;
+                            continue;
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(REDIAL_AFTER).await;
+                            continue;
+                        }
+                    }
+                }
+            };
             let node_id = match handshake::run(&mut stream, &self.identity()).await {
                 Ok(node_id) => node_id,
                 // Our own address (in the list or the DNS answer): never dial it again.
@@ -382,7 +455,7 @@ impl Cluster {
     /// starts over with a new connection).
     async fn replicate(
         &self,
-        stream: TcpStream,
+        stream: PeerStream,
         node_id: &str,
         shared: &Shared,
     ) -> std::io::Result<()> {
@@ -391,7 +464,7 @@ impl Cluster {
         // `covered` is already in the store, so the full state's acknowledgement covers it.
         let subscription = self.replicator.subscribe(node_id);
         let covered = self.replicator.sequence();
-        let (reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = tokio::io::split(stream);
         let mut state = shared
             .store
             .as_deref()
@@ -420,7 +493,7 @@ impl Cluster {
 
     async fn send_changes(
         &self,
-        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+        writer: &mut tokio::io::WriteHalf<PeerStream>,
         mut subscription: replication::Subscription,
     ) -> std::io::Result<()> {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
@@ -524,7 +597,7 @@ const CONNECTION_POLL: Duration = Duration::from_millis(5);
 /// Records the peer's acknowledgements (the highest sequence number it merged) until the
 /// connection ends or the peer sends something else.
 async fn read_acknowledgements(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut reader: tokio::io::ReadHalf<PeerStream>,
     acked: tokio::sync::watch::Sender<u64>,
 ) -> std::io::Result<()> {
     loop {

@@ -35,6 +35,20 @@ pub struct ClusterConfig {
     pub sync: bool,
     /// The longest a response waits for acknowledgements in sync mode.
     pub sync_timeout: Duration,
+    /// Mutual TLS between peers; `None`: plain TCP (the secret still authenticates, but the
+    /// traffic is not encrypted).
+    pub tls: Option<PeerTlsConfig>,
+}
+
+/// Mutual TLS between peers: every peer presents a certificate of the cluster's CA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerTlsConfig {
+    /// PEM CA certificates peers' certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// This node's PEM certificate chain (valid for the name or IP peers dial it by).
+    pub cert: std::path::PathBuf,
+    /// Its PEM private key.
+    pub key: std::path::PathBuf,
 }
 
 /// Shortest cluster secret accepted.
@@ -124,7 +138,34 @@ impl Checker<'_> {
             "cluster.sync_timeout",
             Duration::from_secs(1),
         );
+        let tls = match (raw.tls_ca, raw.tls_cert, raw.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => {
+                let files = PeerTlsConfig {
+                    ca: self.relative_to_file(ca.get_ref()),
+                    cert: self.relative_to_file(cert.get_ref()),
+                    key: self.relative_to_file(key.get_ref()),
+                };
+                let mut valid = true;
+                if let Err(message) = crate::tls::load_roots(&files.ca) {
+                    self.error(Some(ca.span()), "cluster.tls_ca", message);
+                    valid = false;
+                }
+                if let Err(message) = crate::tls::load(&files.cert, &files.key) {
+                    self.error(Some(cert.span()), "cluster.tls_cert", message);
+                    valid = false;
+                }
+                valid.then_some(files)
+            }
+            (ca, cert, key) => {
+                let span = ca.or(cert).or(key).map(|value| value.span());
+                let message = "mutual TLS needs all three of tls_ca, tls_cert and tls_key";
+                self.error(span, "cluster.tls_ca", message);
+                None
+            }
+        };
         Some(ClusterConfig {
+            tls,
             sync,
             sync_timeout,
             name,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, PeerTlsConfig};
 pub use session::{AdminConfig, InvalidUpdate, SessionConfig, SessionCookieConfig, SessionMode};
 
 use raw::{RawBackend, RawConfig, RawHealth, RawPassive, RawPool, RawRetry, RawSize, RawSticky};

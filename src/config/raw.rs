@@ -37,6 +37,9 @@ pub struct RawCluster {
     pub drop_after: Option<Spanned<String>>,
     pub replication: Option<Spanned<String>>,
     pub sync_timeout: Option<Spanned<String>>,
+    pub tls_ca: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
 }
 
 /// `[session]`: who owns sessions, and the proxy-mode store's cookie, contract and limits.
