@@ -446,3 +446,57 @@ async fn a_peer_joining_a_node_with_100000_sessions_is_ready_only_once_it_has_th
         assert_eq!(seen["data"], json!({"i": i}));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_mode_concurrent_clients_each_count_every_increment_through_rotating_peers() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port(), free_port()];
+    let mut relays = Vec::new();
+    for port in ports {
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        relays.push(FaultRelay::start(target, Duration::from_millis(10)).await);
+    }
+    let relay_ports: Vec<u16> = relays.iter().map(|relay| relay.address.port()).collect();
+    let sync = "replication = \"sync\"\nsync_timeout = \"2s\"";
+    let nodes: Vec<Tandem> = (0..3)
+        .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, sync)))
+        .collect();
+    for tandem in &nodes {
+        wait_ready(tandem).await;
+    }
+    let nodes = std::sync::Arc::new(nodes);
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let nodes = std::sync::Arc::clone(&nodes);
+            tokio::spawn(async move {
+                let (_, cookie) = call(
+                    &nodes[client % 3],
+                    None,
+                    &[("x-tandem-session-patch", r#"{"count":0}"#)],
+                )
+                .await;
+                let cookie = cookie.unwrap();
+                let mut acknowledged = 0;
+                for round in 0..15 {
+                    let tandem = &nodes[(client + round) % 3];
+                    let patch = format!(r#"{{"count":{}}}"#, acknowledged + 1);
+                    let (seen, _) =
+                        call(tandem, Some(&cookie), &[("x-tandem-session-patch", &patch)]).await;
+                    assert_eq!(
+                        seen["data"]["count"], acknowledged,
+                        "client {client} round {round}"
+                    );
+                    acknowledged += 1;
+                }
+                (cookie, acknowledged)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (cookie, acknowledged) = client.await.unwrap();
+        for tandem in nodes.iter() {
+            let (seen, _) = call(tandem, Some(&cookie), &[]).await;
+            assert_eq!(seen["data"]["count"], acknowledged);
+        }
+    }
+}
