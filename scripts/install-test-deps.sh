@@ -6,6 +6,8 @@ set -euo pipefail
 need_apt=()
 # A C compiler: mimalloc and a few other dependencies build C code.
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
+# scripts/fuzz.sh: libFuzzer is C++.
+command -v c++ >/dev/null || need_apt+=(g++)
 # tests/tomcat.rs: two real Tomcat 10 nodes, and javac for its test servlet.
 [ -f /usr/share/tomcat10/bin/bootstrap.jar ] || need_apt+=(tomcat10)
 command -v javac >/dev/null || need_apt+=(default-jdk-headless)
