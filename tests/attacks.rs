@@ -583,3 +583,55 @@ async fn p01_rapid_reset_cancels_upstream_requests_and_tandem_keeps_serving() {
         tandem.peak_rss()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_answers_before_reading_the_body_does_not_get_its_connection_reused() {
+    // The backend answers a POST at once without reading its body, then only drains; a GET at
+    // the start of a connection is answered `second`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with(b"POST") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond"
+                };
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Whatever comes next on this connection is never answered.
+                while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let tandem = Tandem::start(&config(&format!(
+        "[[pool]]\nname = \"web\"\nresponse_timeout = \"5s\"\n[[pool.backend]]\naddress = \"{address}\"\n"
+    )));
+    let http = client();
+    let upload = http::Request::post(tandem.url("/upload"))
+        .header("content-length", 1_000_000)
+        .body(streamed_body(1_000_000))
+        .unwrap();
+    let first = send(&http, upload).await;
+    assert_eq!((first.status.as_u16(), first.body.as_str()), (200, "early"));
+    let second = get(&http, &tandem.url("/next")).await;
+    assert_eq!(
+        (second.status.as_u16(), second.body.as_str()),
+        (200, "second"),
+        "the next request went on a fresh connection"
+    );
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
