@@ -621,9 +621,11 @@ async fn a_backend_that_answers_before_reading_the_body_does_not_get_its_connect
         "[[pool]]\nname = \"web\"\nresponse_timeout = \"5s\"\n[[pool.backend]]\naddress = \"{address}\"\n"
     )));
     let http = client();
+    // More than the socket buffers hold, so that the backend's answer comes while tandem is
+    // still sending the body.
     let upload = http::Request::post(tandem.url("/upload"))
-        .header("content-length", 1_000_000)
-        .body(streamed_body(1_000_000))
+        .header("content-length", 20_000_000)
+        .body(streamed_body(20_000_000))
         .unwrap();
     let first = send(&http, upload).await;
     assert_eq!((first.status.as_u16(), first.body.as_str()), (200, "early"));

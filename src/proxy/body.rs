@@ -114,6 +114,8 @@ pub enum RequestBody {
         idle_timeout: Duration,
         /// When the body times out unless more of it comes; set when it is first waited on.
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
+        /// Set once the whole body has been handed over.
+        finished: Arc<std::sync::atomic::AtomicBool>,
     },
     /// A whole body held in memory (empty for a request without one); taken when sent.
     Buffered {
@@ -123,6 +125,14 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
+    /// For a streamed body, the flag set once all of it has been handed over.
+    pub fn finished(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        match self {
+            RequestBody::Client { finished, .. } => Some(Arc::clone(finished)),
+            RequestBody::Buffered { .. } => None,
+        }
+    }
+
     fn with_client_body<T>(&self, read: impl FnOnce(Option<&Incoming>) -> T) -> T {
         match self {
             RequestBody::Client {
@@ -157,6 +167,7 @@ impl Body for RequestBody {
                 received,
                 idle_timeout,
                 idle,
+                finished,
             } => {
                 if taken.is_none() {
                     *taken = unsent.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -179,7 +190,10 @@ impl Body for RequestBody {
                                     )))));
                                 }
                             }
-                            _ => {}
+                            Poll::Ready(None) => {
+                                finished.store(true, std::sync::atomic::Ordering::Relaxed)
+                            }
+                            Poll::Ready(Some(Err(_))) => {}
                         }
                         polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
                     }

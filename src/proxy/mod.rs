@@ -764,6 +764,7 @@ impl Streamed {
                 received: self.received.clone(),
                 idle_timeout: self.idle_timeout,
                 idle: None,
+                finished: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             });
             *request.method_mut() = self.method.clone();
             *request.uri_mut() = self.uri.clone();

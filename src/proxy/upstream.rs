@@ -1,6 +1,7 @@
 //! The client side: a keep-alive connection pool per tandem pool, and the timeouts of one exchange.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -83,11 +84,23 @@ impl Upstream {
     ) -> Result<Response<Incoming>, ProxyError> {
         let limit = self.settings.response_timeout;
         let started = Instant::now();
+        let mut request = request;
+        let body_finished = request.body().finished();
+        let connection = hyper_util::client::legacy::connect::capture_connection(&mut request);
         match tokio::time::timeout(limit, self.client.request(request)).await {
             Err(_) => Err(ProxyError::Timeout(format!(
                 "no response head within {limit:?}"
             ))),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                // A backend that answered before it had the whole body may not read the rest
+                // as a body: its connection is not used again.
+                if body_finished.is_some_and(|finished| !finished.load(Ordering::Relaxed)) {
+                    if let Some(connected) = connection.connection_metadata().as_ref() {
+                        connected.poison();
+                    }
+                }
+                Ok(response)
+            }
             Ok(Err(error)) => Err(classify(&error, started)),
         }
     }
