@@ -489,8 +489,9 @@ impl Pool {
     }
 }
 
-/// Milliseconds since the first call, plus one, so that 0 can mean "never".
-fn clock_ms() -> u64 {
+/// Milliseconds since the first call, plus one, so that 0 can mean "never": a cheap monotonic
+/// clock for timestamps kept in atomics (backends' ejections, connections' send timeout).
+pub(crate) fn clock_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }

@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::ListenConfig;
+use crate::pool::clock_ms;
 use crate::proxy::ProxyService;
 use crate::runtime::Runtime;
 
@@ -334,8 +335,8 @@ pub struct Activity {
     /// Whether the last response-body poll handed data to hyper: if hyper then stops asking,
     /// the client is not reading.
     waiting_on_client: AtomicBool,
-    /// When a response body was last asked for data.
-    last_body_poll: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When a response body was last asked for data ([`clock_ms`]; 0: never).
+    last_body_poll_ms: AtomicU64,
 }
 
 impl Activity {
@@ -358,11 +359,8 @@ impl Activity {
     fn stalled_on_client(&self, limit: Duration) -> bool {
         !self.is_idle()
             && self.waiting_on_client.load(Ordering::Relaxed)
-            && self
-                .last_body_poll
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .is_some_and(|at| at.elapsed() > limit)
+            && clock_ms().saturating_sub(self.last_body_poll_ms.load(Ordering::Relaxed))
+                > limit.as_millis() as u64
     }
 }
 
@@ -376,11 +374,9 @@ impl OpenRequest {
         self.0
             .waiting_on_client
             .store(handed_over, Ordering::Relaxed);
-        *self
-            .0
-            .last_body_poll
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(std::time::Instant::now());
+        self.0
+            .last_body_poll_ms
+            .store(clock_ms(), Ordering::Relaxed);
     }
 }
 

@@ -8,15 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "cluster-secret-for-the-tests-0123456789";
 
-/// A free loopback port (bound, then released for tandem to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The config of node `id` listening for peers on `port`, with `peers` and `extra` cluster keys.
 fn node(id: &str, port: u16, peers: &[u16], backend: &Backend, extra: &str) -> String {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
@@ -171,7 +162,7 @@ async fn peers_with_mutual_tls_connect_and_a_foreign_certificate_is_refused() {
     a.wait_log_all(&["peer is alive", "peer=b"]);
     b.wait_log_all(&["peer is alive", "peer=a"]);
     // c knows the secret but holds a certificate of another CA.
-    let c = Tandem::start(&node(
+    let _c = Tandem::start(&node(
         "c",
         c_port,
         &[a_port],
@@ -184,5 +175,4 @@ async fn peers_with_mutual_tls_connect_and_a_foreign_certificate_is_refused() {
         0,
         "c never got as far as its node id"
     );
-    assert_eq!(c.log_count("peer is alive"), 0);
 }

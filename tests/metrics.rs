@@ -124,15 +124,6 @@ async fn the_metrics_pass_promtool_and_count_what_happened() {
     assert!(!exposition.contains("/upload"), "no paths in labels");
 }
 
-/// A free loopback port (bound, then released for the child process to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A Prometheus server on its own temp dir, killed when dropped.
 struct Prometheus {
     child: Child,

@@ -11,12 +11,15 @@ use support::*;
 
 const SECRET: &str = "replication-secret-for-the-tests-0123456";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A relay with `delay` in front of each port in `ports`, and the relays' ports.
+async fn relays_to(ports: &[u16], delay: Duration) -> (Vec<FaultRelay>, Vec<u16>) {
+    let mut relays = Vec::new();
+    for &port in ports {
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        relays.push(FaultRelay::start(target, delay).await);
+    }
+    let relay_ports = relays.iter().map(|relay| relay.address.port()).collect();
+    (relays, relay_ports)
 }
 
 /// A proxy-mode node `index` of a cluster listening on `ports`, over `backend`.
@@ -261,12 +264,7 @@ async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_
     let ports = [free_port(), free_port(), free_port()];
     // Peers talk through relays that hold every chunk back 30 ms: replication is slower than
     // a client's next request, which only sync mode makes safe.
-    let mut relays = Vec::new();
-    for port in ports {
-        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        relays.push(FaultRelay::start(target, Duration::from_millis(30)).await);
-    }
-    let relay_ports: Vec<u16> = relays.iter().map(|relay| relay.address.port()).collect();
+    let (_relays, relay_ports) = relays_to(&ports, Duration::from_millis(30)).await;
     let sync = "replication = \"sync\"\nsync_timeout = \"2s\"";
     let start = |i: usize| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, sync));
     let mut nodes: Vec<Tandem> = (0..3).map(start).collect();
@@ -306,12 +304,7 @@ async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_
 async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
     let backend = Backend::start("app").await;
     let ports = [free_port(), free_port()];
-    let mut relays = Vec::new();
-    for port in ports {
-        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        relays.push(FaultRelay::start(target, Duration::ZERO).await);
-    }
-    let relay_ports: Vec<u16> = relays.iter().map(|relay| relay.address.port()).collect();
+    let (relays, relay_ports) = relays_to(&ports, Duration::ZERO).await;
     let nodes: Vec<Tandem> = (0..2)
         .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, "")))
         .collect();
@@ -451,12 +444,7 @@ async fn a_peer_joining_a_node_with_100000_sessions_is_ready_only_once_it_has_th
 async fn in_sync_mode_concurrent_clients_each_count_every_increment_through_rotating_peers() {
     let backend = Backend::start("app").await;
     let ports = [free_port(), free_port(), free_port()];
-    let mut relays = Vec::new();
-    for port in ports {
-        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        relays.push(FaultRelay::start(target, Duration::from_millis(10)).await);
-    }
-    let relay_ports: Vec<u16> = relays.iter().map(|relay| relay.address.port()).collect();
+    let (_relays, relay_ports) = relays_to(&ports, Duration::from_millis(10)).await;
     let sync = "replication = \"sync\"\nsync_timeout = \"2s\"";
     let nodes: Vec<Tandem> = (0..3)
         .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, sync)))

@@ -184,14 +184,7 @@ async fn a_backend_that_renames_the_session_itself_is_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_takeovers_are_shared_with_peers() {
     let backends = three_backends().await;
-    let port = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let ports = [port(()), port(())];
+    let ports = [free_port(), free_port()];
     let pools = pool(
         "web",
         "round_robin",

@@ -50,15 +50,6 @@ const WEB_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 </web-app>
 "#;
 
-/// A port free right now on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Fails with the install step when Tomcat or a JDK is missing (never skips quietly).
 fn require_tools() {
     let missing: Vec<&str> = [

@@ -179,54 +179,33 @@ mod tests {
 
     const SECRET: &str = "a-cluster-secret-of-thirty-two-chars";
 
+    fn node(
+        cluster: &'static str,
+        node_id: &'static str,
+        secret: &'static str,
+    ) -> Identity<'static> {
+        Identity {
+            cluster,
+            node_id,
+            secret,
+        }
+    }
+
     #[tokio::test]
     async fn peers_with_the_secret_learn_each_others_ids() {
-        let (a, b) = pair(
-            Identity {
-                cluster: "c",
-                node_id: "a",
-                secret: SECRET,
-            },
-            Identity {
-                cluster: "c",
-                node_id: "b",
-                secret: SECRET,
-            },
-        )
-        .await;
+        let (a, b) = pair(node("c", "a", SECRET), node("c", "b", SECRET)).await;
         assert_eq!(a.unwrap(), "b");
         assert_eq!(b.unwrap(), "a");
     }
 
     #[tokio::test]
     async fn a_wrong_secret_or_cluster_is_refused() {
-        let (a, _) = pair(
-            Identity {
-                cluster: "c",
-                node_id: "a",
-                secret: SECRET,
-            },
-            Identity {
-                cluster: "c",
-                node_id: "b",
-                secret: "another-secret-of-thirty-two-chars!",
-            },
-        )
-        .await;
+        let other_secret = "another-secret-of-thirty-two-chars!";
+        let (a, _) = pair(node("c", "a", SECRET), node("c", "b", other_secret)).await;
         assert!(matches!(a, Err(Refusal::Authentication { .. })), "{a:?}");
-        let (a, _) = pair(
-            Identity {
-                cluster: "c",
-                node_id: "a",
-                secret: SECRET,
-            },
-            Identity {
-                cluster: "d",
-                node_id: "b",
-                secret: SECRET,
-            },
-        )
-        .await;
+        let (a, _) = pair(node("c", "a", SECRET), node("d", "b", SECRET)).await;
         assert!(matches!(a, Err(Refusal::Cluster { .. })), "{a:?}");
+        let (a, _) = pair(node("c", "a", SECRET), node("c", "a", SECRET)).await;
+        assert!(matches!(a, Err(Refusal::Itself)), "{a:?}");
     }
 }

@@ -932,3 +932,12 @@ impl Pki {
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
+
+/// A loopback port free right now (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
