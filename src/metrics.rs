@@ -415,6 +415,10 @@ impl ChangeListener for SessionMetrics {
                     EndReason::Invalidated => self.invalidated.inc(),
                 }
             }
+            Change::Released { bytes, .. } => {
+                self.live.dec();
+                self.bytes.sub(*bytes as i64);
+            }
             Change::Touched { .. } | Change::TimeoutsSet { .. } | Change::Rerouted { .. } => {}
         }
     }

@@ -337,6 +337,8 @@ peers = ["10.0.0.2:7946", "no-port"]
 secret = "short"
 heartbeat_interval = "1s"
 drop_after = "1s"
+topology = "ring"
+backups = 0
 [[pool]]
 name = "web"
 [[pool.backend]]
@@ -352,6 +354,8 @@ address = "127.0.0.1:9001"
             ("bad.toml:7:", "cluster.peers[1]"),
             ("bad.toml:8:", "cluster.secret"),
             ("bad.toml:10:", "cluster.drop_after"),
+            ("bad.toml:11:", "cluster.topology"),
+            ("bad.toml:12:", "cluster.backups"),
         ],
     );
 }

@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use support::*;
 
 const SECRET: &str = "replication-secret-for-the-tests-0123456";
+/// The admin token of every node (the session API needs it).
+const TOKEN: &str = "admin-token-for-replication-tests";
 
 /// A relay with `delay` in front of each port in `ports`, and the relays' ports.
 async fn relays_to(ports: &[u16], delay: Duration) -> (Vec<FaultRelay>, Vec<u16>) {
@@ -48,7 +50,7 @@ fn node_via(
         .map(|(_, port)| format!("\"127.0.0.1:{port}\""))
         .collect();
     config(&format!(
-        "[session]\nmode = \"proxy\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[cluster]\nname = \"shop\"\nnode_id = \"n{index}\"\nlisten = \"127.0.0.1:{}\"\npeers = [{}]\nsecret = \"{SECRET}\"\nheartbeat_interval = \"100ms\"\ndrop_after = \"1s\"\n{extra}\n\n{}",
+        "[session]\nmode = \"proxy\"\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[cluster]\nname = \"shop\"\nnode_id = \"n{index}\"\nlisten = \"127.0.0.1:{}\"\npeers = [{}]\nsecret = \"{SECRET}\"\nheartbeat_interval = \"100ms\"\ndrop_after = \"1s\"\n{extra}\n\n{}",
         listen,
         peers.join(", "),
         pool("app", "round_robin", "[pool.sticky]\nmode = \"off\"", &[backend])
@@ -486,5 +488,155 @@ async fn in_sync_mode_concurrent_clients_each_count_every_increment_through_rota
             let (seen, _) = call(tandem, Some(&cookie), &[]).await;
             assert_eq!(seen["data"]["count"], acknowledged);
         }
+    }
+}
+
+/// Which of `admins` (admin listener URLs) have session `id`, by index.
+async fn holders_of(admins: &[String], id: &str) -> Vec<usize> {
+    let mut holders = Vec::new();
+    let authorization = format!("Bearer {TOKEN}");
+    for (index, admin) in admins.iter().enumerate() {
+        let url = format!("{admin}/api/sessions/{id}");
+        let answer = get_with(&client(), &url, &[("authorization", &authorization)]).await;
+        assert!(
+            answer.status == 200 || answer.status == 404,
+            "{}",
+            answer.body
+        );
+        if answer.status == 200 {
+            holders.push(index);
+        }
+    }
+    holders
+}
+
+/// Waits until every session in `ids` is on exactly `copies` of `admins`; returns how many
+/// sessions each node has.
+async fn wait_for_copies(admins: &[String], ids: &[String], copies: usize) -> Vec<usize> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let mut per_node = vec![0; admins.len()];
+        let mut wrong = None;
+        for id in ids {
+            let holders = holders_of(admins, id).await;
+            for &holder in &holders {
+                per_node[holder] += 1;
+            }
+            if holders.len() != copies {
+                wrong = Some((id.clone(), holders));
+            }
+        }
+        let Some((id, holders)) = wrong else {
+            return per_node;
+        };
+        assert!(
+            Instant::now() < until,
+            "session {id} is on nodes {holders:?}, not on {copies} of them"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_backup_topology_each_session_is_on_its_owner_and_one_backup_and_reachable_everywhere(
+) {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let backup = "topology = \"backup\"\nbackups = 1";
+    let mut nodes: Vec<Tandem> = (0..4)
+        .map(|i| Tandem::start(&node_with(i, &ports, &backend, backup)))
+        .collect();
+    for tandem in &nodes {
+        wait_ready(tandem).await;
+    }
+    let admins: Vec<String> = nodes.iter().map(|t| t.admin_url("")).collect();
+
+    // Forty sessions, each created through a rotating node.
+    let mut sessions = Vec::new();
+    for i in 0..40 {
+        let patch = format!(r#"{{"n":{i}}}"#);
+        let (_, cookie) = call(&nodes[i % 4], None, &[("x-tandem-session-patch", &patch)]).await;
+        sessions.push(cookie.expect("a session cookie"));
+    }
+    let ids: Vec<String> = sessions
+        .iter()
+        .map(|cookie| cookie.split(['=', '.']).nth(1).unwrap().to_string())
+        .collect();
+    let per_node = wait_for_copies(&admins, &ids, 2).await;
+    // Each node holds about half of them (2 copies over 4 nodes), not all.
+    assert!(
+        per_node.iter().all(|&held| (6..34).contains(&held)),
+        "sessions per node: {per_node:?}"
+    );
+
+    // Every session is reachable through every node, its holders or not.
+    for (i, cookie) in sessions.iter().enumerate() {
+        for tandem in &nodes {
+            let (seen, _) = call(tandem, Some(cookie), &[]).await;
+            assert_eq!(
+                seen["data"],
+                json!({"n": i}),
+                "session {i} via {}",
+                tandem.url("")
+            );
+        }
+    }
+    // A write through a node that does not hold the session reaches its holders.
+    let holders = holders_of(&admins, &ids[0]).await;
+    let visitor = (0..4).find(|i| !holders.contains(i)).unwrap();
+    call(
+        &nodes[visitor],
+        Some(&sessions[0]),
+        &[("x-tandem-session-patch", r#"{"n":100}"#)],
+    )
+    .await;
+    wait_for(&nodes[holders[0]], &sessions[0], &json!({"n": 100})).await;
+    // The nodes that only visited let go of their copies.
+    wait_for_copies(&admins, &ids, 2).await;
+
+    // A node dies: its sessions move to the others, each again on two of the three.
+    nodes[3].signal(nix::sys::signal::Signal::SIGKILL);
+    nodes[3].wait_exit();
+    nodes.pop();
+    wait_for_copies(&admins[..3], &ids, 2).await;
+    for (i, cookie) in sessions.iter().enumerate() {
+        let expected = if i == 0 {
+            json!({"n": 100})
+        } else {
+            json!({"n": i})
+        };
+        for tandem in &nodes {
+            let (seen, _) = call(tandem, Some(cookie), &[]).await;
+            assert_eq!(seen["data"], expected, "session {i} via {}", tandem.url(""));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_backup_topology_sync_mode_waits_for_the_sessions_holders() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port(), free_port()];
+    // Replication is slower than a client's next request (30 ms relays): only waiting for
+    // the holders' acknowledgements lets every next request see the change.
+    let (_relays, relay_ports) = relays_to(&ports, Duration::from_millis(30)).await;
+    let keys = "topology = \"backup\"\nbackups = 1\nreplication = \"sync\"\nsync_timeout = \"2s\"";
+    let nodes: Vec<Tandem> = (0..3)
+        .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, keys)))
+        .collect();
+    for tandem in &nodes {
+        wait_ready(tandem).await;
+    }
+    let (_, cookie) = call(
+        &nodes[0],
+        None,
+        &[("x-tandem-session-patch", r#"{"count":0}"#)],
+    )
+    .await;
+    let cookie = cookie.unwrap();
+    for round in 0..30 {
+        let tandem = &nodes[round % 3];
+        let patch = format!(r#"{{"count":{}}}"#, round + 1);
+        let (seen, _) = call(tandem, Some(&cookie), &[("x-tandem-session-patch", &patch)]).await;
+        assert_eq!(seen["data"]["count"], round, "round {round}");
     }
 }

@@ -19,6 +19,9 @@ pub enum Kind {
     Sessions = 4,
     /// The highest change sequence number merged (u64, big-endian), back to the sender.
     Ack = 5,
+    /// The answer to a `Fetch` message (JSON: its tag and the session, if known), back to the
+    /// sender.
+    Fetched = 6,
 }
 
 impl Kind {
@@ -29,6 +32,7 @@ impl Kind {
             3 => Some(Kind::Heartbeat),
             4 => Some(Kind::Sessions),
             5 => Some(Kind::Ack),
+            6 => Some(Kind::Fetched),
             _ => None,
         }
     }

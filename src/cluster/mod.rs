@@ -8,15 +8,20 @@
 //! - [`handshake`]: protocol version, cluster name and a shared-secret HMAC proof, before any
 //!   other frame is read.
 //!
-//! - [`replication`]: this node's session changes, queued for each peer.
+//! - [`replication`]: this node's session changes, queued for each peer that holds the session.
+//! - [`topology`]: which peers hold which session (`all`, or an owner and backups).
 //!
-//! Each outbound connection starts with this node's full session state (in batches), ends it
-//! with `SyncDone`, then carries live changes; each inbound one is merged into the store. A
-//! node is ready (`/readyz`) once every peer it hears has sent its full state.
+//! Each outbound connection starts with this node's full session state (in batches; in the
+//! `backup` topology only the sessions the peer holds), ends it with `SyncDone`, then carries
+//! live changes; each inbound one is merged into the store. A node is ready (`/readyz`) once
+//! every peer it hears has sent its full state. In the `backup` topology a node asks the
+//! holders for a session it does not have (a `Fetch`, answered on the same connection), and
+//! re-homes its sessions when the live members change.
 
 pub mod frame;
 pub mod handshake;
 pub mod replication;
+pub mod topology;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -33,7 +38,8 @@ use crate::session::replica::Replicated;
 use crate::session::SessionStore;
 use frame::Kind;
 use handshake::{Identity, Refusal};
-use replication::Replicator;
+use replication::{Replicator, Visit};
+use topology::Topology;
 
 /// Largest frame accepted after the handshake.
 const FRAME_LIMIT: u32 = 8 << 20;
@@ -94,6 +100,10 @@ pub struct Cluster {
     /// Peers whose full state has arrived.
     synced: Mutex<HashSet<String>>,
     started: Instant,
+    /// Who holds which session, over the live members.
+    topology: Arc<Topology>,
+    /// Woken when the live members change, to re-home sessions (`backup` topology).
+    members_changed: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -114,13 +124,16 @@ impl Cluster {
                 })
             }
         };
+        let topology = Arc::new(Topology::new(&config.node_id, config.backups));
         Ok(Cluster {
             tls,
             metrics,
             config,
             peers: Mutex::new(HashMap::new()),
             peer_up,
-            replicator: Arc::new(Replicator::default()),
+            replicator: Arc::new(Replicator::new(Arc::clone(&topology))),
+            topology,
+            members_changed: tokio::sync::Notify::new(),
             synced: Mutex::new(HashSet::new()),
             started: Instant::now(),
         })
@@ -211,6 +224,19 @@ impl Cluster {
             status.alive = true;
             self.peer_up.with_label_values(&[node_id]).set(1);
             tracing::info!(peer = %node_id, %address, "peer is alive");
+            self.members_may_have_changed(&peers);
+        }
+    }
+
+    /// Gives the topology the live peers among `peers`; wakes the re-homing if that changed
+    /// the members.
+    fn members_may_have_changed(&self, peers: &HashMap<String, PeerStatus>) {
+        let live = peers
+            .iter()
+            .filter(|(_, status)| status.alive)
+            .map(|(node_id, _)| node_id.clone());
+        if self.topology.set_live_peers(live) {
+            self.members_changed.notify_one();
         }
     }
 
@@ -232,6 +258,7 @@ impl Cluster {
                 );
             }
         }
+        self.members_may_have_changed(&peers);
     }
 
     /// Runs the cluster: accepts peers on `listener`, dials the configured ones, resolves the
@@ -244,6 +271,9 @@ impl Cluster {
     ) {
         let shared = Shared { store, tables };
         let mut tasks = JoinSet::new();
+        if let (true, Some(store)) = (self.topology.is_partitioned(), &shared.store) {
+            tasks.spawn(Arc::clone(&self).rehome(Arc::clone(store)));
+        }
         tasks.spawn(Arc::clone(&self).accept(listener, shared.clone()));
         let mut dialled = HashSet::new();
         for peer in &self.config.peers {
@@ -270,6 +300,26 @@ impl Cluster {
                         }
                         Err(error) => tracing::warn!(dns = name, %error, "cannot resolve the cluster's DNS name"),
                     }
+                }
+            }
+        }
+    }
+
+    /// `backup` topology: after every change of the live members, sends each session to its
+    /// new holders and lets go of those this node no longer holds; between changes, releases
+    /// the visitors whose holders have them.
+    async fn rehome(self: Arc<Self>, store: Arc<SessionStore>) {
+        let mut members = self.topology.members();
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        loop {
+            tokio::select! {
+                _ = self.members_changed.notified() => {
+                    let before = std::mem::replace(&mut members, self.topology.members());
+                    tracing::info!(members = ?members, "cluster members changed; re-homing sessions");
+                    self.replicator.rehome(&store, &before);
+                }
+                _ = tick.tick() => {
+                    self.replicator.release_visitors(&store);
                 }
             }
         }
@@ -335,12 +385,19 @@ impl Cluster {
                             return;
                         }
                     };
+                    let mut answers = Vec::new();
                     for message in batch.messages {
                         self.metrics
                             .messages
                             .with_label_values(&["received", message.kind()])
                             .inc();
-                        if matches!(message, Replicated::SyncDone) {
+                        if let Replicated::Fetch { id, tag } = message {
+                            let session = shared
+                                .store
+                                .as_ref()
+                                .and_then(|store| store.upsert_message(&id));
+                            answers.push(Fetched { tag, session });
+                        } else if matches!(message, Replicated::SyncDone) {
                             self.synced
                                 .lock()
                                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -357,6 +414,15 @@ impl Cluster {
                             shared.tables.record(&pool, &key, placement);
                         } else if let Some(store) = &shared.store {
                             store.merge_remote(message);
+                        }
+                    }
+                    for answer in answers {
+                        let encoded = serde_json::to_vec(&answer).unwrap_or_default();
+                        if frame::write(&mut stream, Kind::Fetched, &encoded)
+                            .await
+                            .is_err()
+                        {
+                            return;
                         }
                     }
                     // Merged: the sender's waiting responses (sync mode) may go.
@@ -463,13 +529,21 @@ impl Cluster {
         // missed (what is sent twice merges to the same result). Every change numbered up to
         // `covered` is already in the store, so the full state's acknowledgement covers it.
         let subscription = self.replicator.subscribe(node_id);
-        let covered = self.replicator.sequence();
+        let covered = subscription.covered;
         let (reader, mut writer) = tokio::io::split(stream);
         let mut state = shared
             .store
             .as_deref()
             .map(SessionStore::full_state)
             .unwrap_or_default();
+        // In the `backup` topology a peer gets only the sessions it holds.
+        state.retain(|message| match message {
+            Replicated::Upsert { id, .. } => self
+                .topology
+                .holders(id)
+                .is_none_or(|holders| holders.iter().any(|holder| holder == node_id)),
+            _ => true,
+        });
         state.extend(
             shared
                 .tables
@@ -484,8 +558,11 @@ impl Cluster {
         );
         state.push(Replicated::SyncDone);
         send_batches(&mut writer, state, covered, &self.metrics).await?;
-        let acknowledgements =
-            tokio::spawn(read_acknowledgements(reader, subscription.acked.clone()));
+        let acknowledgements = tokio::spawn(read_answers(
+            reader,
+            subscription.acked.clone(),
+            Arc::clone(&self.replicator),
+        ));
         let result = self.send_changes(&mut writer, subscription).await;
         acknowledgements.abort();
         result
@@ -513,7 +590,7 @@ impl Cluster {
                     while batch.len() < 1024 {
                         match subscription.changes.try_recv() {
                             Ok((next, change)) => {
-                                sequence = next;
+                                sequence = sequence.max(next);
                                 batch.push(change);
                             }
                             Err(_) => break,
@@ -535,8 +612,11 @@ impl Cluster {
         deadline: tokio::time::Instant,
     ) -> bool {
         loop {
-            if let Some((mut acked, behind)) = self.replicator.acknowledgements(node_id) {
-                match tokio::time::timeout_at(deadline, acked.wait_for(|acked| *acked >= sequence))
+            let owed = self.replicator.owed_by(node_id, sequence);
+            if let (Some(owed), Some((mut acked, behind))) =
+                (owed, self.replicator.acknowledgements(node_id))
+            {
+                match tokio::time::timeout_at(deadline, acked.wait_for(|acked| *acked >= owed))
                     .await
                 {
                     Ok(Ok(_)) => return true,
@@ -556,8 +636,9 @@ impl Cluster {
     }
 
     /// In `sync` mode, waits until every live peer acknowledged the changes made since
-    /// `before` (a `Replicator::sequence` reading), for at most `sync_timeout`; a peer that
-    /// did not is logged and counted, and the caller goes on.
+    /// `before` (a `Replicator::sequence` reading) that were sent to it (in the `backup`
+    /// topology, the session's holders), for at most `sync_timeout`; a peer that did not is
+    /// logged and counted, and the caller goes on.
     pub async fn wait_for_peers(&self, before: u64) {
         if !self.config.sync {
             return;
@@ -594,19 +675,81 @@ impl Cluster {
 /// open yet.
 const CONNECTION_POLL: Duration = Duration::from_millis(5);
 
-/// Records the peer's acknowledgements (the highest sequence number it merged) until the
-/// connection ends or the peer sends something else.
-async fn read_acknowledgements(
+impl Cluster {
+    /// `backup` topology: makes session `id` available to a request on this node. A session
+    /// this node does not hold is fetched from the live peers (its holders first) and merged
+    /// into any copy left from an earlier visit, which peers' changes do not reach; it is a
+    /// visitor, kept while the returned [`Visit`] lives. A session this node holds is fetched
+    /// only if it is missing (it may be on its way after a membership change). `None` when
+    /// this node holds the session (always in the `all` topology).
+    pub async fn visit(&self, store: &SessionStore, id: &str) -> Option<Visit> {
+        if !self.topology.is_partitioned() || !crate::session::id::is_well_formed(id) {
+            return None;
+        }
+        let visit = (!self.topology.holds(id)).then(|| self.replicator.visit(id));
+        let stale = visit.is_some() || !store.is_known(id);
+        if stale && !store.has_ended(id) {
+            self.fetch(store, id).await;
+        }
+        visit
+    }
+
+    /// Asks the live peers for session `id` one by one, its holders first, each for at most
+    /// `sync_timeout`, and merges the first answer that has it.
+    async fn fetch(&self, store: &SessionStore, id: &str) {
+        let holders = self.topology.holders(id).unwrap_or_default();
+        let members = self.topology.members();
+        let others = members.iter().filter(|member| !holders.contains(member));
+        for peer in holders.iter().chain(others) {
+            if peer == self.node_id() {
+                continue;
+            }
+            let Some((tag, answer)) = self.replicator.fetch(peer, id) else {
+                continue;
+            };
+            match tokio::time::timeout(self.config.sync_timeout, answer).await {
+                Ok(Ok(Some(session))) => {
+                    store.merge_remote(session);
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.replicator.abandon_fetch(tag);
+                    tracing::warn!(peer = %peer, "a peer did not answer a session fetch in time");
+                }
+            }
+        }
+    }
+}
+
+/// A `Fetched` frame: the answer to a `Fetch` message.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Fetched {
+    tag: u64,
+    session: Option<Replicated>,
+}
+
+/// Reads what the peer sends back on a connection this node dialled: acknowledgements (the
+/// highest sequence number it merged), and answers to fetches; until the connection ends or
+/// the peer sends something else.
+async fn read_answers(
     mut reader: tokio::io::ReadHalf<PeerStream>,
     acked: tokio::sync::watch::Sender<u64>,
+    replicator: Arc<Replicator>,
 ) -> std::io::Result<()> {
     loop {
         let frame = frame::read(&mut reader, FRAME_LIMIT).await?;
+        if frame.kind == Kind::Fetched {
+            let answer: Fetched =
+                serde_json::from_slice(&frame.payload).map_err(std::io::Error::other)?;
+            replicator.fetched(answer.tag, answer.session);
+            continue;
+        }
         let sequence = <[u8; 8]>::try_from(frame.payload.as_slice())
             .ok()
             .filter(|_| frame.kind == Kind::Ack)
             .map(u64::from_be_bytes)
-            .ok_or_else(|| std::io::Error::other("a peer sent something else than an Ack"))?;
+            .ok_or_else(|| std::io::Error::other("a peer sent something else than an answer"))?;
         acked.send_if_modified(|highest| {
             let newer = sequence > *highest;
             *highest = (*highest).max(sequence);

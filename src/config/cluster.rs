@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     pub sync: bool,
     /// The longest a response waits for acknowledgements in sync mode.
     pub sync_timeout: Duration,
+    /// `None`: the `all` topology (every peer holds every session); `Some(n)`: `backup`, each
+    /// session on an owner and `n` backups.
+    pub backups: Option<usize>,
     /// Mutual TLS between peers; `None`: plain TCP (the secret still authenticates, but the
     /// traffic is not encrypted).
     pub tls: Option<PeerTlsConfig>,
@@ -138,6 +141,17 @@ impl Checker<'_> {
             "cluster.sync_timeout",
             Duration::from_secs(1),
         );
+        let backups = self.count(raw.backups, "cluster.backups", 1..17, 1) as usize;
+        let backups = match raw.topology.as_ref().map(|t| t.get_ref().as_str()) {
+            None | Some("all") => None,
+            Some("backup") => Some(backups),
+            Some(other) => {
+                let span = raw.topology.as_ref().map(Spanned::span);
+                let message = format!("unknown topology `{other}`; expected all or backup");
+                self.error(span, "cluster.topology", message);
+                None
+            }
+        };
         let tls = match (raw.tls_ca, raw.tls_cert, raw.tls_key) {
             (None, None, None) => None,
             (Some(ca), Some(cert), Some(key)) => {
@@ -167,6 +181,7 @@ impl Checker<'_> {
         Some(ClusterConfig {
             tls,
             sync,
+            backups,
             sync_timeout,
             name,
             node_id,

@@ -37,6 +37,8 @@ pub struct RawCluster {
     pub drop_after: Option<Spanned<String>>,
     pub replication: Option<Spanned<String>>,
     pub sync_timeout: Option<Spanned<String>>,
+    pub topology: Option<Spanned<String>>,
+    pub backups: Option<Spanned<i64>>,
     pub tls_ca: Option<Spanned<String>>,
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,

@@ -23,6 +23,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
+use crate::cluster::replication::Visit;
 use crate::cluster::Cluster;
 use crate::config::{InvalidUpdate, StickyConfig, StickyMode};
 use crate::error::ProxyError;
@@ -137,7 +138,11 @@ impl ProxyService {
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
         let store = self.runtime.sessions.as_deref();
         // A client never speaks for tandem: its session headers go before anything is read.
-        let session = store.and_then(|store| open_session(store, request.headers_mut()));
+        let cluster = self.runtime.cluster.as_deref();
+        let (session, _visit) = match store {
+            Some(store) => open_session(store, cluster, request.headers_mut()).await,
+            None => (None, None),
+        };
         let (pool, host) = self.choose_pool(snapshot, &mut request)?;
         completion.pool = Some(Arc::clone(&pool.name));
         pool.retry_budget.deposit();
@@ -254,7 +259,6 @@ impl ProxyService {
                             rerouted,
                             tls: self.scheme == "https",
                         };
-                        let cluster = self.runtime.cluster.as_deref();
                         let before = cluster.map(Cluster::sequence);
                         settled.apply(&mut response, backend)?;
                         // In sync mode the client hears of its change once the peers hold it.
@@ -500,17 +504,31 @@ fn stick(pool: &Pool, request: &mut Request<Incoming>) -> Result<Stickiness, Pro
 
 /// Proxy mode, on the way in: removes every session header the client sent and tandem's
 /// session cookie (the backend gets the session in headers), and opens the session the cookie
-/// names, if it is live. An id the store does not know is never adopted.
-fn open_session(store: &SessionStore, headers: &mut HeaderMap) -> Option<Current> {
+/// names, if it is live. An id the store does not know is never adopted. In the `backup`
+/// topology a session this node does not have is fetched from its holders first, and one it
+/// does not hold stays for the request while the returned [`Visit`] lives.
+async fn open_session(
+    store: &SessionStore,
+    cluster: Option<&Cluster>,
+    headers: &mut HeaderMap,
+) -> (Option<Current>, Option<Visit>) {
     store.headers().strip(headers);
     let config = store.config();
-    let current = session_cookie::candidates(headers, config)
-        .into_iter()
-        .find_map(|(id, route)| store.open(id, route));
+    let mut opened = (None, None);
+    for (id, route) in session_cookie::candidates(headers, config) {
+        let visit = match cluster {
+            Some(cluster) => cluster.visit(store, id).await,
+            None => None,
+        };
+        if let Some(current) = store.open(id, route) {
+            opened = (Some(current), visit);
+            break;
+        }
+    }
     if headers.contains_key(COOKIE) {
         sticky::remove_cookie(headers, &config.cookie.name);
     }
-    current
+    opened
 }
 
 /// Proxy mode, on the way out: what a backend's response does to the session.

@@ -150,6 +150,14 @@ pub enum Change<'a> {
         /// Encoded size of the attributes it had.
         bytes: usize,
     },
+    /// This node let go of a session it does not hold (`backup` topology): it lives on at its
+    /// holders.
+    Released {
+        /// Its id.
+        id: &'a str,
+        /// Encoded size of its attributes.
+        bytes: usize,
+    },
 }
 
 /// Where a change was made.
@@ -647,6 +655,36 @@ impl SessionStore {
             origin,
         );
         true
+    }
+
+    /// Removes session `id` from this node without ending it: it lives on at the peers that
+    /// hold it (`backup` topology). Returns whether it was here.
+    pub fn release(&self, id: &str) -> bool {
+        let Some((key, session)) = self.sessions.remove(id) else {
+            return false;
+        };
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        let bytes = session.data.len();
+        self.emit(&Change::Released { id: &key, bytes }, Origin::Local);
+        true
+    }
+
+    /// Whether session `id` is here, or is remembered as ended.
+    pub fn is_known(&self, id: &str) -> bool {
+        self.sessions.contains_key(id) || self.has_ended(id)
+    }
+
+    /// Whether session `id` is remembered as ended (it never comes back).
+    pub fn has_ended(&self, id: &str) -> bool {
+        self.ended.contains_key(id)
+    }
+
+    /// The ids of the sessions this node has.
+    pub fn ids(&self) -> Vec<Arc<str>> {
+        self.sessions
+            .iter()
+            .map(|entry| Arc::clone(entry.key()))
+            .collect()
     }
 
     fn expire_if_due(&self, id: &str, now: u64) -> bool {

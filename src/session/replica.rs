@@ -180,6 +180,14 @@ pub enum Replicated {
     },
     /// The sender's full state has all been sent (a joining peer is ready after it).
     SyncDone,
+    /// A request for session `id` (`backup` topology: the sender does not hold it), answered
+    /// with a `Fetched` frame carrying `tag`.
+    Fetch {
+        /// The session id.
+        id: String,
+        /// Matches the answer to the request.
+        tag: u64,
+    },
 }
 
 impl Replicated {
@@ -191,6 +199,7 @@ impl Replicated {
             Replicated::Ended { .. } => "ended",
             Replicated::Placement { .. } => "placement",
             Replicated::SyncDone => "sync_done",
+            Replicated::Fetch { .. } => "fetch",
         }
     }
 
@@ -240,11 +249,18 @@ impl SessionStore {
         state
     }
 
+    /// The whole of live session `id` as a message, for a peer that needs it.
+    pub fn upsert_message(&self, id: &str) -> Option<Replicated> {
+        let now = self.clock.now_ms();
+        let entry = self.sessions.get(id)?;
+        (entry.expires_ms() > now).then(|| Replicated::upsert(id, entry.value(), None))
+    }
+
     /// Merges a peer's message into this store. Nothing here is sent on to other peers.
     pub fn merge_remote(&self, message: Replicated) {
         match message {
-            // Sticky placements are the pools' business, handled by the cluster.
-            Replicated::SyncDone | Replicated::Placement { .. } => {}
+            // Sticky placements are the pools' business and fetches the cluster's.
+            Replicated::SyncDone | Replicated::Placement { .. } | Replicated::Fetch { .. } => {}
             Replicated::Ended { id } => {
                 self.remember_ended(&id);
                 self.end_with(&id, super::EndReason::Invalidated, Origin::Remote);
