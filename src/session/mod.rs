@@ -20,6 +20,7 @@ pub mod clock;
 pub mod contract;
 pub mod cookie;
 pub mod encoding;
+pub mod ended;
 pub mod expiry;
 pub mod id;
 pub mod replica;
@@ -317,7 +318,7 @@ pub struct SessionStore {
     hlc: Hlc,
     /// With peers: ids of ended sessions, until when they are remembered (Unix ms), so that
     /// a late update from a peer cannot bring one back. Empty on a single node.
-    ended: DashMap<Arc<str>, u64>,
+    ended: ended::EndedIds,
     /// Whether this store has peers (and so remembers ended ids).
     replicated: bool,
 }
@@ -337,7 +338,7 @@ impl SessionStore {
     ) -> SessionStore {
         SessionStore {
             hlc: Hlc::new(node_id.unwrap_or("single"), Arc::clone(&clock)),
-            ended: DashMap::new(),
+            ended: ended::EndedIds::new(config.max_sessions),
             replicated: node_id.is_some(),
             headers: SessionHeaders::new(&config.header_prefix),
             config: config.clone(),
@@ -379,7 +380,7 @@ impl SessionStore {
     fn remember_ended(&self, id: &str) {
         if self.replicated {
             let until = self.clock.now_ms() + ENDED_MEMORY_MS;
-            self.ended.insert(Arc::from(id), until);
+            self.ended.remember(id, until);
         }
     }
 
@@ -676,7 +677,7 @@ impl SessionStore {
 
     /// Whether session `id` is remembered as ended (it never comes back).
     pub fn has_ended(&self, id: &str) -> bool {
-        self.ended.contains_key(id)
+        self.ended.contains(id)
     }
 
     /// The ids of the sessions this node has.
@@ -718,9 +719,7 @@ impl SessionStore {
     /// many expired. Sessions used since they were queued are queued again at their deadline.
     pub fn sweep(&self) -> usize {
         let now = self.clock.now_ms();
-        if !self.ended.is_empty() {
-            self.ended.retain(|_, until| *until > now);
-        }
+        self.ended.forget_before(now);
         let mut expired = 0;
         for _ in 0..SWEEP_SLICE {
             let due = self

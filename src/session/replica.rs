@@ -243,9 +243,12 @@ impl SessionStore {
             .iter()
             .map(|entry| Replicated::upsert(entry.key(), entry.value(), None))
             .collect();
-        state.extend(self.ended.iter().map(|entry| Replicated::Ended {
-            id: entry.key().to_string(),
-        }));
+        state.extend(
+            self.ended
+                .ids()
+                .into_iter()
+                .map(|id| Replicated::Ended { id: id.to_string() }),
+        );
         state
     }
 
@@ -280,7 +283,7 @@ impl SessionStore {
                 fields_version,
                 attributes,
             } => {
-                if !super::id::is_well_formed(&id) || self.ended.contains_key(id.as_str()) {
+                if !super::id::is_well_formed(&id) || self.ended.contains(&id) {
                     return;
                 }
                 self.hlc.observe(fields_version);
@@ -288,6 +291,14 @@ impl SessionStore {
                     self.hlc.observe(attribute.version);
                 }
                 let id: Arc<str> = Arc::from(id);
+                // A peer's sessions count against this node's limit as local ones do.
+                if !self.sessions.contains_key(&id) && self.len() >= self.config.max_sessions {
+                    let rejection = self.reject(super::Rejection::TooManySessions {
+                        limit: self.config.max_sessions,
+                    });
+                    tracing::warn!(session = %super::log_ref(&id), reason = %rejection, "a peer's session not stored");
+                    return;
+                }
                 let mut entry = self.sessions.entry(Arc::clone(&id)).or_insert_with(|| {
                     self.live.fetch_add(1, Ordering::Relaxed);
                     Session {
@@ -314,6 +325,7 @@ impl SessionStore {
                 let mut values: Map<String, Value> =
                     serde_json::from_slice(session.data.as_bytes()).unwrap_or_default();
                 let mut changed = Map::new();
+                let mut written = Vec::new();
                 for attribute in attributes {
                     let newer = session
                         .versions
@@ -325,9 +337,7 @@ impl SessionStore {
                     let value = attribute
                         .value
                         .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
-                    session
-                        .versions
-                        .set(&attribute.key, attribute.version, value.is_some());
+                    written.push((attribute.key.clone(), attribute.version, value.is_some()));
                     match value {
                         Some(value) => {
                             values.insert(attribute.key.clone(), value.clone());
@@ -341,7 +351,22 @@ impl SessionStore {
                 }
                 let bytes_before = session.data.len();
                 if !changed.is_empty() {
-                    session.data = super::stored(encoding::to_ascii_json(&values));
+                    // Within this node's limits, or not at all (peers may be configured apart).
+                    match encoding::encode_within_limits(&values, &self.config) {
+                        Ok(data) => session.data = super::stored(data),
+                        Err(rejection) => {
+                            drop(entry);
+                            if created && self.sessions.remove(&id).is_some() {
+                                self.live.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            let rejection = self.reject(rejection);
+                            tracing::warn!(session = %super::log_ref(&id), reason = %rejection, "a peer's session update not applied");
+                            return;
+                        }
+                    }
+                    for (key, version, live) in written {
+                        session.versions.set(&key, version, live);
+                    }
                 }
                 let (key, session) = entry.pair();
                 if created {
@@ -368,5 +393,71 @@ impl SessionStore {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::session::clock::ManualClock;
+    use crate::session::CookieChange;
+
+    fn store(node: &str, session_keys: &str) -> SessionStore {
+        let text = format!("[listen]\naddresses = [\"127.0.0.1:1\"]\n[session]\nmode = \"proxy\"\n{session_keys}\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n");
+        let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        SessionStore::new(&config.session, clock, Vec::new(), Some(node))
+    }
+
+    /// A whole session of `store` holding `attributes`, as a peer sends it.
+    fn session_message(store: &SessionStore, attributes: &str) -> Replicated {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-tandem-session-patch", attributes.parse().unwrap());
+        let Ok(CookieChange::Set { id, .. }) = store.settle(None, &mut headers, "r1", false) else {
+            panic!("no session created");
+        };
+        store.upsert_message(&id).unwrap()
+    }
+
+    #[test]
+    fn a_peers_sessions_count_against_max_sessions_and_the_size_limits() {
+        let sender = store("a", "");
+        let receiver = store(
+            "b",
+            "max_sessions = 2\nmax_session_bytes = \"64\"\nmax_attribute_bytes = \"64\"",
+        );
+        for _ in 0..3 {
+            receiver.merge_remote(session_message(&sender, r#"{"n":1}"#));
+        }
+        assert_eq!(receiver.len(), 2);
+
+        let receiver = store(
+            "b",
+            "max_session_bytes = \"64\"\nmax_attribute_bytes = \"64\"",
+        );
+        receiver.merge_remote(session_message(
+            &sender,
+            &format!(r#"{{"big":"{}"}}"#, "x".repeat(100)),
+        ));
+        assert!(receiver.is_empty(), "an oversized session was stored");
+        // An update that would take a stored session over the limit is not applied.
+        let small = session_message(&sender, r#"{"n":1}"#);
+        let Replicated::Upsert { id, .. } = &small else {
+            unreachable!()
+        };
+        let id = id.clone();
+        receiver.merge_remote(small);
+        let mut headers = http::HeaderMap::new();
+        let patch = format!(r#"{{"big":"{}"}}"#, "x".repeat(100));
+        headers.insert("x-tandem-session-patch", patch.parse().unwrap());
+        let current = sender.open(&id, "r1");
+        sender
+            .settle(current.as_ref(), &mut headers, "r1", false)
+            .unwrap();
+        receiver.merge_remote(sender.upsert_message(&id).unwrap());
+        let seen = receiver.get(&id).unwrap();
+        assert_eq!(seen.attributes, Some(serde_json::json!({"n": 1})));
     }
 }
