@@ -637,3 +637,56 @@ async fn a_backend_that_answers_before_reading_the_body_does_not_get_its_connect
     );
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a02_no_session_id_or_attribute_shows_in_status_admin_metrics_or_logs() {
+    let backend = Backend::start("a").await;
+    let token = "admin-token-for-the-a02-test";
+    let tandem = Tandem::start(&config(&format!(
+        "[session]\nmode = \"proxy\"\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\n{}",
+        pool("web", "round_robin", "", &[&backend])
+    )));
+    let login = http::Request::get(tandem.url("/session"))
+        .header(
+            "x-respond-x-tandem-session-patch",
+            r#"{"card":"SECRET-4111"}"#,
+        )
+        .body(empty())
+        .unwrap();
+    let answer = send(&client(), login).await;
+    let cookie = answer.headers["set-cookie"].to_str().unwrap();
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let id = pair.split(['=', '.']).nth(1).unwrap().to_string();
+    // A refused update is logged, with the session named.
+    let refused = http::Request::get(tandem.url("/session"))
+        .header("cookie", &pair)
+        .header("x-respond-x-tandem-session-patch", "not json")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client(), refused).await.status, 502);
+    tandem.wait_log("session update refused");
+
+    let authorization = format!("Bearer {token}");
+    let mut seen = vec![tandem.log(), tandem.access_log()];
+    for path in [
+        "/status",
+        "/api/pools",
+        "/metrics",
+        "/api/config",
+        "/readyz",
+    ] {
+        let url = tandem.admin_url(path);
+        let answer = get_with(&client(), &url, &[("authorization", &authorization)]).await;
+        assert_eq!(answer.status, 200, "{path}");
+        seen.push(answer.body);
+    }
+    for text in seen {
+        assert!(!text.contains(&id), "the raw session id shows: {text}");
+        assert!(!text.contains("SECRET-4111"), "an attribute shows: {text}");
+    }
+    // Only the token-guarded session API shows them.
+    let url = tandem.admin_url(&format!("/api/sessions/{id}"));
+    assert_eq!(get(&client(), &url).await.status, 401);
+    let answer = get_with(&client(), &url, &[("authorization", &authorization)]).await;
+    assert!(answer.body.contains("SECRET-4111"), "{}", answer.body);
+}

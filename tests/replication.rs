@@ -640,3 +640,23 @@ async fn in_the_backup_topology_sync_mode_waits_for_the_sessions_holders() {
         assert_eq!(seen["data"]["count"], round, "round {round}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_hostile_attribute_values_reach_a_peer_encoded_and_intact() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port()];
+    let nodes = cluster(&backend, &ports).await;
+    // CR LF with a header after it, NUL, non-ASCII and an astral character, as JSON escapes.
+    let patch = r#"{"note":"a\r\nX-Admin: 1\u0000 Zo\u00eb \ud83d\ude00"}"#;
+    let (_, cookie) = call(&nodes[0], None, &[("x-tandem-session-patch", patch)]).await;
+    let cookie = cookie.unwrap();
+    let expected = json!({"note": "a\r\nX-Admin: 1\u{0} Zoë 😀"});
+    wait_for(&nodes[1], &cookie, &expected).await;
+    // The backend got the value in one printable-ASCII header, and no X-Admin header of the
+    // value's making.
+    call(&nodes[1], Some(&cookie), &[]).await;
+    let headers = backend.last_headers.lock().unwrap().clone().unwrap();
+    assert!(!headers.contains_key("x-admin"));
+    let data = headers["x-tandem-session-data"].as_bytes();
+    assert!(data.iter().all(|byte| (0x20..0x7f).contains(byte)));
+}

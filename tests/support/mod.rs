@@ -666,6 +666,11 @@ impl Tandem {
         self.stdout.all()
     }
 
+    /// Everything tandem logged so far (stderr).
+    pub fn log(&self) -> String {
+        self.stderr.all()
+    }
+
     /// Waits for the process to exit, failing the test after the deadline.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let until = Instant::now() + DEADLINE;
