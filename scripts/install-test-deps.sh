@@ -20,6 +20,9 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v chromium >/dev/null || need_apt+=(chromium)
 # tests/tls.rs: curl as a TLS client.
 command -v curl >/dev/null || need_apt+=(curl)
+# tests/soak.rs: wrk (HTTP/1.1) and h2load (HTTP/2) as load generators.
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tandem's tests need: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}" >&2

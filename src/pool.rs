@@ -128,10 +128,12 @@ impl BackendLive {
     }
 
     /// Records the health checks' verdict; returns whether it changed. Coming up starts the
-    /// slow start ramp.
+    /// slow start ramp and ends a passive ejection: the active checks have just seen the
+    /// backend serve again (as HAProxy's checks bring back a server its traffic marked down).
     pub fn set_up(&self, up: bool) -> bool {
         let changed = self.up.swap(up, Ordering::Relaxed) != up;
         if changed && up {
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
             self.back_since_ms.store(clock_ms(), Ordering::Relaxed);
         }
         changed

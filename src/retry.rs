@@ -32,6 +32,13 @@ pub fn may_retry(error: &ProxyError, method: &Method, retry: &RetryConfig) -> bo
     }
 }
 
+/// Whether retrying after `error` spends the budget. A refused connection does not: nothing
+/// reached that backend, and the retry is the load the next backend would have got anyway had
+/// the balancer known; the budget is for failures that may mean an overloaded pool.
+pub fn spends_budget(error: &ProxyError) -> bool {
+    !matches!(error, ProxyError::Connect(_))
+}
+
 /// A token bucket per pool: each request deposits `budget` of a retry, each retry takes one,
 /// and at most ten are banked. A pool where everything fails thus sees at most `1 + budget`
 /// attempts per request once the bank is empty, instead of `attempts`.

@@ -342,3 +342,20 @@ async fn a_post_that_fails_on_a_fresh_connection_is_not_sent_again() {
     assert_eq!(answered.load(Ordering::SeqCst), 0);
     assert_eq!(tandem.log_count("retrying"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_elsewhere_without_spending_the_budget() {
+    let fine = Backend::start("fine").await;
+    let refusing = refusing_address();
+    let pools = format!(
+        "[[pool]]\nname = \"web\"\n[pool.retry]\nbudget = 0.0\n[pool.passive]\nmax_fails = 0\n\
+         [[pool.backend]]\naddress = \"{refusing}\"\n{}",
+        fine.toml()
+    );
+    let tandem = Tandem::start(&config(&pools));
+    let client = client();
+    // Half of these try the refusing backend first: far more retries than the 10 banked.
+    for _ in 0..40 {
+        assert_eq!(get(&client, &tandem.url("/")).await.status, 200);
+    }
+}

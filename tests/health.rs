@@ -186,3 +186,28 @@ async fn slow_start_ramps_a_returning_backends_share_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_its_health_checks_bring_back_is_no_longer_ejected_by_passive_checks() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let checks = "[pool.health]\npath = \"/health\"\ninterval = \"100ms\"\nfall = 1\nrise = 1\n[pool.passive]\nmax_fails = 1\nrecover_after = \"60s\"\nfail_on_status = [503]\n";
+    let tandem = Tandem::start(&config(&pool("web", "round_robin", checks, &[&a, &b])));
+    let client = client();
+    // a fails real requests (ejected for a minute) and its checks (down).
+    a.healthy.store(false, Ordering::SeqCst);
+    let until = Instant::now() + DEADLINE;
+    while tandem.log_count("backend ejected") == 0 {
+        assert!(Instant::now() < until, "a was never ejected");
+        get(&client, &tandem.url("/health")).await;
+    }
+    wait_flip(&tandem, &a, "DOWN");
+    // Its checks pass again: it is back at once, not a minute later.
+    a.healthy.store(true, Ordering::SeqCst);
+    wait_flip(&tandem, &a, "UP");
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        bodies.push(get(&client, &tandem.url("/")).await.body);
+    }
+    assert!(bodies.iter().any(|body| body == "a"), "{bodies:?}");
+}

@@ -310,7 +310,9 @@ impl ProxyService {
                     tried.push(index);
                     let next = if resend.can_resend()
                         && !forced
-                        && completion.attempts < retry.attempts
+                        // Resends on a fresh connection do not count: the backend never
+                        // saw those.
+                        && completion.attempts - stale_retries < retry.attempts
                         && retry::may_retry(&error, &completion.method, retry)
                     {
                         choose(&tried)
@@ -319,7 +321,9 @@ impl ProxyService {
                     };
                     // The budget is spent only on a retry that has somewhere to go.
                     match next {
-                        Some(next) if pool.retry_budget.withdraw() => {
+                        Some(next)
+                            if !retry::spends_budget(&error) || pool.retry_budget.withdraw() =>
+                        {
                             metrics
                                 .retries
                                 .with_label_values(&[&*pool.name, "another_backend"])
