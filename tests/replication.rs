@@ -24,6 +24,26 @@ async fn relays_to(ports: &[u16], delay: Duration) -> (Vec<FaultRelay>, Vec<u16>
     (relays, relay_ports)
 }
 
+/// A ready cluster of `count` nodes over `backend` (with `extra` keys in `[cluster]`) whose
+/// peers talk through relays that hold every chunk back `delay`: the relays (which must live as
+/// long as the nodes) and the nodes.
+async fn cluster_via_relays(
+    backend: &Backend,
+    count: usize,
+    delay: Duration,
+    extra: &str,
+) -> (Vec<FaultRelay>, Vec<Tandem>) {
+    let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+    let (relays, relay_ports) = relays_to(&ports, delay).await;
+    let nodes: Vec<Tandem> = (0..count)
+        .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, backend, extra)))
+        .collect();
+    for tandem in &nodes {
+        tandem.wait_ready().await;
+    }
+    (relays, nodes)
+}
+
 /// A proxy-mode node `index` of a cluster listening on `ports`, over `backend`.
 fn node(index: usize, ports: &[u16], backend: &Backend) -> String {
     node_with(index, ports, backend, "")
@@ -98,20 +118,12 @@ async fn wait_for(tandem: &Tandem, cookie: &str, expected: &Value) {
     }
 }
 
-async fn wait_ready(tandem: &Tandem) {
-    let until = Instant::now() + DEADLINE;
-    while get(&client(), &tandem.admin_url("/readyz")).await.status != 200 {
-        assert!(Instant::now() < until, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn cluster(backend: &Backend, ports: &[u16]) -> Vec<Tandem> {
     let nodes: Vec<Tandem> = (0..ports.len())
         .map(|i| Tandem::start(&node(i, ports, backend)))
         .collect();
     for tandem in &nodes {
-        wait_ready(tandem).await;
+        tandem.wait_ready().await;
     }
     nodes
 }
@@ -221,7 +233,7 @@ async fn a_restarted_peer_receives_the_full_state_before_it_is_ready() {
     // Node 2 goes away and comes back empty: it must learn every session from its peers.
     drop(nodes.pop());
     let restarted = Tandem::start(&node(2, &ports, &backend));
-    wait_ready(&restarted).await;
+    restarted.wait_ready().await;
     restarted.wait_log("full session state received from peer");
     for (i, cookie) in cookies.iter().enumerate() {
         let (seen, _) = call(&restarted, Some(cookie), &[]).await;
@@ -271,7 +283,7 @@ async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_
     let start = |i: usize| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, sync));
     let mut nodes: Vec<Tandem> = (0..3).map(start).collect();
     for tandem in &nodes {
-        wait_ready(tandem).await;
+        tandem.wait_ready().await;
     }
     let (_, cookie) = call(
         &nodes[0],
@@ -297,7 +309,7 @@ async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_
     }
     // The killed peer comes back and has every acknowledged change.
     let back = start(2);
-    wait_ready(&back).await;
+    back.wait_ready().await;
     let (seen, _) = call(&back, Some(&cookie), &[]).await;
     assert_eq!(seen["data"]["count"], successes);
 }
@@ -305,14 +317,7 @@ async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
     let backend = Backend::start("app").await;
-    let ports = [free_port(), free_port()];
-    let (relays, relay_ports) = relays_to(&ports, Duration::ZERO).await;
-    let nodes: Vec<Tandem> = (0..2)
-        .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, "")))
-        .collect();
-    for tandem in &nodes {
-        wait_ready(tandem).await;
-    }
+    let (relays, nodes) = cluster_via_relays(&backend, 2, Duration::ZERO, "").await;
     let (_, shared) = call(
         &nodes[0],
         None,
@@ -445,15 +450,8 @@ async fn a_peer_joining_a_node_with_100000_sessions_is_ready_only_once_it_has_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_sync_mode_concurrent_clients_each_count_every_increment_through_rotating_peers() {
     let backend = Backend::start("app").await;
-    let ports = [free_port(), free_port(), free_port()];
-    let (_relays, relay_ports) = relays_to(&ports, Duration::from_millis(10)).await;
     let sync = "replication = \"sync\"\nsync_timeout = \"2s\"";
-    let nodes: Vec<Tandem> = (0..3)
-        .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, sync)))
-        .collect();
-    for tandem in &nodes {
-        wait_ready(tandem).await;
-    }
+    let (_relays, nodes) = cluster_via_relays(&backend, 3, Duration::from_millis(10), sync).await;
     let nodes = std::sync::Arc::new(nodes);
     let clients: Vec<_> = (0..4)
         .map(|client| {
@@ -547,7 +545,7 @@ async fn in_the_backup_topology_each_session_is_on_its_owner_and_one_backup_and_
         .map(|i| Tandem::start(&node_with(i, &ports, &backend, backup)))
         .collect();
     for tandem in &nodes {
-        wait_ready(tandem).await;
+        tandem.wait_ready().await;
     }
     let admins: Vec<String> = nodes.iter().map(|t| t.admin_url("")).collect();
 
@@ -615,17 +613,10 @@ async fn in_the_backup_topology_each_session_is_on_its_owner_and_one_backup_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_the_backup_topology_sync_mode_waits_for_the_sessions_holders() {
     let backend = Backend::start("app").await;
-    let ports = [free_port(), free_port(), free_port()];
     // Replication is slower than a client's next request (30 ms relays): only waiting for
     // the holders' acknowledgements lets every next request see the change.
-    let (_relays, relay_ports) = relays_to(&ports, Duration::from_millis(30)).await;
     let keys = "topology = \"backup\"\nbackups = 1\nreplication = \"sync\"\nsync_timeout = \"2s\"";
-    let nodes: Vec<Tandem> = (0..3)
-        .map(|i| Tandem::start(&node_via(i, ports[i], &relay_ports, &backend, keys)))
-        .collect();
-    for tandem in &nodes {
-        wait_ready(tandem).await;
-    }
+    let (_relays, nodes) = cluster_via_relays(&backend, 3, Duration::from_millis(30), keys).await;
     let (_, cookie) = call(
         &nodes[0],
         None,

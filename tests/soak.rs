@@ -39,14 +39,6 @@ fn peer(index: usize, ports: &[u16], backends: &[&Backend]) -> String {
     ))
 }
 
-async fn wait_ready(tandem: &Tandem) {
-    let until = Instant::now() + DEADLINE;
-    while get(&client(), &tandem.admin_url("/readyz")).await.status != 200 {
-        assert!(Instant::now() < until, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Runs a load tool to completion on a thread; its stdout, or a failure naming the install.
 fn run_tool(program: &'static str, args: Vec<String>) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
@@ -171,7 +163,7 @@ async fn soak_with_backends_and_a_peer_killed_loses_nothing_and_serves_every_get
     let start = |i: usize| Tandem::start(&peer(i, &ports, &[&a, &b]));
     let mut nodes: Vec<Tandem> = (0..3).map(start).collect();
     for tandem in &nodes {
-        wait_ready(tandem).await;
+        tandem.wait_ready().await;
     }
     // Baseline of the peer under wrk: after a short warm-up with the same load, once its idle
     // backend connections have timed out.
@@ -231,7 +223,7 @@ async fn soak_with_backends_and_a_peer_killed_loses_nothing_and_serves_every_get
     nodes[2].wait_exit();
     tokio::time::sleep_until(at(0.55).into()).await;
     nodes[2] = start(2);
-    wait_ready(&nodes[2]).await;
+    nodes[2].wait_ready().await;
     peers.lock().unwrap().push(nodes[2].url(""));
     tokio::time::sleep_until(at(0.70).into()).await;
     b.kill().await;

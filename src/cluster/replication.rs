@@ -232,26 +232,27 @@ impl Replicator {
         &self,
         node_id: &str,
     ) -> Option<(watch::Receiver<u64>, Arc<AtomicBool>)> {
-        self.queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .rev()
-            .find(|queue| queue.node_id == node_id)
-            .map(|queue| (queue.acked.clone(), Arc::clone(&queue.behind)))
+        self.with_queue(node_id, |queue| {
+            (queue.acked.clone(), Arc::clone(&queue.behind))
+        })
     }
 
     /// What peer `node_id` must acknowledge for every change numbered up to `sequence` that
     /// was queued for it to be merged: the last change queued for it, if lower. `None` when no
     /// connection to it is open.
     pub fn owed_by(&self, node_id: &str, sequence: u64) -> Option<u64> {
+        self.with_queue(node_id, |queue| queue.last_queued.min(sequence))
+    }
+
+    /// `read` of the queue of the newest connection to peer `node_id`, if one is open.
+    fn with_queue<R>(&self, node_id: &str, read: impl FnOnce(&PeerQueue) -> R) -> Option<R> {
         self.queues
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .iter()
             .rev()
             .find(|queue| queue.node_id == node_id)
-            .map(|queue| queue.last_queued.min(sequence))
+            .map(read)
     }
 
     /// Whether peer `node_id` merged every change numbered up to `sequence` queued for it.

@@ -666,6 +666,17 @@ impl Tandem {
         self.stdout.all()
     }
 
+    /// Waits until the admin listener's `/readyz` answers 200 (in a cluster: the peers' state
+    /// has arrived).
+    pub async fn wait_ready(&self) {
+        let until = Instant::now() + DEADLINE;
+        let url = self.admin_url("/readyz");
+        while get(&client(), &url).await.status != 200 {
+            assert!(Instant::now() < until, "{} never ready", self.url(""));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything tandem logged so far (stderr).
     pub fn log(&self) -> String {
         self.stderr.all()
