@@ -316,7 +316,12 @@ impl Cluster {
                 _ = self.members_changed.notified() => {
                     let before = std::mem::replace(&mut members, self.topology.members());
                     tracing::info!(members = ?members, "cluster members changed; re-homing sessions");
-                    self.replicator.rehome(&store, &before);
+                    // A pass over every session: off the runtime's worker threads.
+                    let (replicator, store) = (Arc::clone(&self.replicator), Arc::clone(&store));
+                    let rehomed = tokio::task::spawn_blocking(move || replicator.rehome(&store, &before));
+                    if let Err(error) = rehomed.await {
+                        tracing::error!(%error, "re-homing sessions failed");
+                    }
                 }
                 _ = tick.tick() => {
                     self.replicator.release_visitors(&store);
