@@ -227,6 +227,11 @@ impl Metrics {
                 "tandem_replication_sync_timeouts_total",
                 "Peers that did not acknowledge a session change within sync_timeout (sync mode).",
             ),
+            lag: r.histograms(
+                "tandem_replication_lag_seconds",
+                "From sending a batch of session changes to a peer to its acknowledgement that they are merged.",
+                &["peer"],
+            ),
         };
         let replication_backlog = r.gauges(
             "tandem_replication_backlog",
@@ -343,6 +348,8 @@ pub struct ReplicationMetrics {
     pub resyncs: IntCounter,
     /// Peers late to acknowledge in sync mode.
     pub sync_timeouts: IntCounter,
+    /// Time from sending changes to a peer to its acknowledgement, by peer.
+    pub lag: HistogramVec,
 }
 
 /// Sessions of the store: fed by its changes, never labelled by session.

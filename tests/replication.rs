@@ -169,6 +169,8 @@ async fn written_through_one_peer_read_through_the_others_and_ended_everywhere()
         "tandem_replication_messages_total{direction=\"received\",kind=\"upsert\"}",
         "tandem_replication_messages_total{direction=\"sent\",kind=\"ended\"}",
         "tandem_replication_bytes_total{direction=\"sent\"}",
+        // Node n1's changes (the logout) were acknowledged by n0: one lag observed at least.
+        "tandem_replication_lag_seconds_count{peer=\"n0\"}",
     ] {
         let value: f64 = metrics
             .lines()

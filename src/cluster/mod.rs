@@ -563,12 +563,14 @@ impl Cluster {
         );
         state.push(Replicated::SyncDone);
         send_batches(&mut writer, state, covered, &self.metrics).await?;
+        let lag = Arc::new(Lag::new(self.metrics.lag.with_label_values(&[node_id])));
         let acknowledgements = tokio::spawn(read_answers(
             reader,
             subscription.acked.clone(),
             Arc::clone(&self.replicator),
+            Arc::clone(&lag),
         ));
-        let result = self.send_changes(&mut writer, subscription).await;
+        let result = self.send_changes(&mut writer, subscription, &lag).await;
         acknowledgements.abort();
         result
     }
@@ -577,6 +579,7 @@ impl Cluster {
         &self,
         writer: &mut tokio::io::WriteHalf<PeerStream>,
         mut subscription: replication::Subscription,
+        lag: &Lag,
     ) -> std::io::Result<()> {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         loop {
@@ -602,6 +605,7 @@ impl Cluster {
                         }
                     }
                     send_batches(writer, batch, sequence, &self.metrics).await?;
+                    lag.sent(sequence);
                 }
             }
         }
@@ -727,6 +731,50 @@ impl Cluster {
     }
 }
 
+/// Batches sent on one connection and not acknowledged yet, for the lag histogram.
+struct Lag {
+    histogram: prometheus::Histogram,
+    /// (sequence number of the batch's last change, when it was sent), oldest first.
+    pending: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+}
+
+/// Unacknowledged batches remembered at most (the oldest are forgotten past it).
+const LAG_PENDING_LIMIT: usize = 4096;
+
+impl Lag {
+    fn new(histogram: prometheus::Histogram) -> Lag {
+        Lag {
+            histogram,
+            pending: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Instant)>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A batch ending with change `sequence` went out.
+    fn sent(&self, sequence: u64) {
+        let mut pending = self.lock();
+        if pending.len() == LAG_PENDING_LIMIT {
+            pending.pop_front();
+        }
+        pending.push_back((sequence, Instant::now()));
+    }
+
+    /// The peer merged every change up to `sequence`.
+    fn acknowledged(&self, sequence: u64) {
+        let mut pending = self.lock();
+        while pending.front().is_some_and(|(sent, _)| *sent <= sequence) {
+            if let Some((_, at)) = pending.pop_front() {
+                self.histogram.observe(at.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
 /// A `Fetched` frame: the answer to a `Fetch` message.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Fetched {
@@ -741,6 +789,7 @@ async fn read_answers(
     mut reader: tokio::io::ReadHalf<PeerStream>,
     acked: tokio::sync::watch::Sender<u64>,
     replicator: Arc<Replicator>,
+    lag: Arc<Lag>,
 ) -> std::io::Result<()> {
     loop {
         let frame = frame::read(&mut reader, FRAME_LIMIT).await?;
@@ -755,6 +804,7 @@ async fn read_answers(
             .filter(|_| frame.kind == Kind::Ack)
             .map(u64::from_be_bytes)
             .ok_or_else(|| std::io::Error::other("a peer sent something else than an answer"))?;
+        lag.acknowledged(sequence);
         acked.send_if_modified(|highest| {
             let newer = sequence > *highest;
             *highest = (*highest).max(sequence);
