@@ -339,6 +339,7 @@ heartbeat_interval = "1s"
 drop_after = "1s"
 topology = "ring"
 backups = 0
+lock_sessions = true
 [[pool]]
 name = "web"
 [[pool.backend]]
@@ -356,6 +357,7 @@ address = "127.0.0.1:9001"
             ("bad.toml:10:", "cluster.drop_after"),
             ("bad.toml:11:", "cluster.topology"),
             ("bad.toml:12:", "cluster.backups"),
+            ("bad.toml:13:", "cluster.lock_sessions"),
         ],
     );
 }

@@ -653,3 +653,118 @@ async fn s12_hostile_attribute_values_reach_a_peer_encoded_and_intact() {
     let data = headers["x-tandem-session-data"].as_bytes();
     assert!(data.iter().all(|byte| (0x20..0x7f).contains(byte)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_session_locks_concurrent_clients_of_one_counter_through_rotating_peers_count_every_2xx(
+) {
+    let backend = Backend::start("app").await;
+    let keys = "replication = \"sync\"\nsync_timeout = \"2s\"\nlock_sessions = true";
+    let (_relays, nodes) = cluster_via_relays(&backend, 3, Duration::from_millis(10), keys).await;
+    let (_, cookie) = call(
+        &nodes[0],
+        None,
+        &[("x-tandem-session-patch", r#"{"count":0}"#)],
+    )
+    .await;
+    let cookie = cookie.unwrap();
+    let nodes = std::sync::Arc::new(nodes);
+    // Four clients at once, each sending 15 read-modify-write increments of the one counter
+    // through the peers in turn; the backend adds one to what it is handed.
+    let clients: Vec<_> = (0..4)
+        .map(|client_index| {
+            let (nodes, cookie) = (std::sync::Arc::clone(&nodes), cookie.clone());
+            tokio::spawn(async move {
+                let client = client();
+                let mut successes = 0;
+                for round in 0..15 {
+                    let tandem = &nodes[(client_index + round) % nodes.len()];
+                    let request = http::Request::get(tandem.url("/session/increment"))
+                        .header("cookie", &cookie)
+                        .body(empty())
+                        .unwrap();
+                    if send(&client, request).await.status == 200 {
+                        successes += 1;
+                    }
+                }
+                successes
+            })
+        })
+        .collect();
+    let mut successes = 0;
+    for client in clients {
+        successes += client.await.unwrap();
+    }
+    assert_eq!(successes, 60, "every increment answered 2xx");
+    for tandem in nodes.iter() {
+        let (seen, _) = call(tandem, Some(&cookie), &[]).await;
+        assert_eq!(seen["data"]["count"], successes, "via {}", tandem.url(""));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_session_locks_a_shared_counter_loses_no_acknowledged_increment_past_a_kill_9_of_its_owner(
+) {
+    let backend = Backend::start("app").await;
+    let keys = "replication = \"sync\"\nsync_timeout = \"2s\"\nlock_sessions = true";
+    let (_relays, nodes) = cluster_via_relays(&backend, 3, Duration::from_millis(10), keys).await;
+    let (_, cookie) = call(
+        &nodes[0],
+        None,
+        &[("x-tandem-session-patch", r#"{"count":0}"#)],
+    )
+    .await;
+    let cookie = cookie.unwrap();
+    // The node that owns the session's lock (the same rendezvous hashing as tandem's).
+    let id = cookie.split(['=', '.']).nth(1).unwrap();
+    let topology = tandem::cluster::topology::Topology::new("n0", None);
+    topology.set_live_peers(["n1".to_string(), "n2".to_string()]);
+    let owner: usize = topology.owner(id)[1..].parse().unwrap();
+    let nodes = std::sync::Arc::new(nodes);
+    let clients: Vec<_> = (0..4)
+        .map(|client_index| {
+            let (nodes, cookie) = (std::sync::Arc::clone(&nodes), cookie.clone());
+            tokio::spawn(async move {
+                let client = client();
+                let (mut successes, mut failures) = (0u64, 0u64);
+                for round in 0..30 {
+                    let tandem = &nodes[(client_index + round) % nodes.len()];
+                    let request = http::Request::get(tandem.url("/session/increment"))
+                        .header("cookie", &cookie)
+                        .body(empty())
+                        .unwrap();
+                    let answer = tokio::time::timeout(DEADLINE, client.request(request)).await;
+                    match answer {
+                        Ok(Ok(response)) if response.status() == 200 => successes += 1,
+                        _ => failures += 1,
+                    }
+                }
+                (successes, failures)
+            })
+        })
+        .collect();
+    // A third of the way in, the owner dies without a word.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nodes[owner].signal(nix::sys::signal::Signal::SIGKILL);
+    let (mut successes, mut failures) = (0, 0);
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        successes += ok;
+        failures += failed;
+    }
+    assert!(successes >= 60, "{successes} increments acknowledged");
+    assert!(failures > 0, "the owner died after the run");
+    for (index, tandem) in nodes.iter().enumerate() {
+        if index == owner {
+            continue;
+        }
+        let (seen, _) = call(tandem, Some(&cookie), &[]).await;
+        let count = seen["data"]["count"].as_u64().unwrap();
+        // Every acknowledged increment is there; one whose response was lost with the
+        // killed peer may be there too.
+        assert!(
+            (successes..=successes + failures).contains(&count),
+            "count {count} with {successes} acknowledged and {failures} failed, via {}",
+            tandem.url("")
+        );
+    }
+}

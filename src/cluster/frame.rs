@@ -22,6 +22,8 @@ pub enum Kind {
     /// The answer to a `Fetch` message (JSON: its tag and the session, if known), back to the
     /// sender.
     Fetched = 6,
+    /// The grant of a `Lock` message (its tag, u64 big-endian), back to the sender.
+    Locked = 7,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             4 => Some(Kind::Sessions),
             5 => Some(Kind::Ack),
             6 => Some(Kind::Fetched),
+            7 => Some(Kind::Locked),
             _ => None,
         }
     }

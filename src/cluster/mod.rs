@@ -20,6 +20,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod locks;
 pub mod replication;
 pub mod topology;
 
@@ -104,6 +105,8 @@ pub struct Cluster {
     topology: Arc<Topology>,
     /// Woken when the live members change, to re-home sessions (`backup` topology).
     members_changed: tokio::sync::Notify,
+    /// The locks of the sessions this node owns (`lock_sessions`).
+    locks: Arc<locks::SessionLocks>,
 }
 
 impl Cluster {
@@ -134,6 +137,7 @@ impl Cluster {
             replicator: Arc::new(Replicator::new(Arc::clone(&topology))),
             topology,
             members_changed: tokio::sync::Notify::new(),
+            locks: Arc::default(),
             synced: Mutex::new(HashSet::new()),
             started: Instant::now(),
         })
@@ -287,6 +291,10 @@ impl Cluster {
                 _ = liveness.tick() => {
                     self.check_liveness();
                     self.replicator.flush_touches();
+                    let expired = self.locks.expire(LOCK_LEASE);
+                    if expired > 0 {
+                        tracing::warn!(locks = expired, lease = ?LOCK_LEASE, "session locks held past their lease taken back");
+                    }
                 }
                 _ = dns.tick(), if self.config.dns.is_some() => {
                     let name = self.config.dns.as_deref().unwrap_or_default();
@@ -374,11 +382,46 @@ impl Cluster {
             }
         };
         self.heard(&node_id, address);
+        // Answers (acknowledgements, fetched sessions, lock grants) go out through one writer,
+        // since lock grants come from tasks of their own.
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (answers, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<(Kind, Vec<u8>)>();
+        let writing = tokio::spawn(async move {
+            while let Some((kind, payload)) = outgoing.recv().await {
+                if frame::write(&mut writer, kind, &payload).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reason = Arc::clone(&self)
+            .hear_frames(&mut reader, &answers, &node_id, address, &shared)
+            .await;
+        tracing::info!(peer = %node_id, %reason, "peer connection closed");
+        // Its requests' session locks go with it.
+        self.locks.release_peer(&node_id);
+        drop(answers);
+        let _ = writing.await;
+    }
+
+    /// Reads and handles what a peer sends on the connection it dialled, answering through
+    /// `answers`, until it breaks; returns why.
+    async fn hear_frames(
+        self: Arc<Self>,
+        reader: &mut tokio::io::ReadHalf<PeerStream>,
+        answers: &tokio::sync::mpsc::UnboundedSender<(Kind, Vec<u8>)>,
+        node_id: &str,
+        address: SocketAddr,
+        shared: &Shared,
+    ) -> String {
         loop {
-            match frame::read(&mut stream, FRAME_LIMIT).await {
-                Ok(frame) if frame.kind == Kind::Heartbeat => self.heard(&node_id, address),
-                Ok(frame) if frame.kind == Kind::Sessions => {
-                    self.heard(&node_id, address);
+            let frame = match frame::read(reader, FRAME_LIMIT).await {
+                Ok(frame) => frame,
+                Err(error) => return error.to_string(),
+            };
+            self.heard(node_id, address);
+            match frame.kind {
+                Kind::Heartbeat => {}
+                Kind::Sessions => {
                     self.metrics
                         .bytes
                         .with_label_values(&["received"])
@@ -387,65 +430,77 @@ impl Cluster {
                         Ok(batch) => batch,
                         Err(error) => {
                             tracing::warn!(peer = %node_id, %error, "unreadable session batch from peer; closing its connection");
-                            return;
+                            return "an unreadable session batch".into();
                         }
                     };
-                    let mut answers = Vec::new();
                     for message in batch.messages {
                         self.metrics
                             .messages
                             .with_label_values(&["received", message.kind()])
                             .inc();
-                        if let Replicated::Fetch { id, tag } = message {
-                            let session = shared
-                                .store
-                                .as_ref()
-                                .and_then(|store| store.upsert_message(&id));
-                            answers.push(Fetched { tag, session });
-                        } else if matches!(message, Replicated::SyncDone) {
-                            self.synced
-                                .lock()
-                                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                                .insert(node_id.clone());
-                            tracing::info!(peer = %node_id, "full session state received from peer");
-                        } else if let Replicated::Placement {
-                            pool,
-                            key,
-                            route,
-                            backend_id,
-                        } = message
-                        {
-                            let placement = crate::placement::Placement { route, backend_id };
-                            shared.tables.record(&pool, &key, placement);
-                        } else if let Some(store) = &shared.store {
-                            store.merge_remote(message);
-                        }
-                    }
-                    for answer in answers {
-                        let encoded = serde_json::to_vec(&answer).unwrap_or_default();
-                        if frame::write(&mut stream, Kind::Fetched, &encoded)
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+                        Arc::clone(&self).handle(message, node_id, answers, shared);
                     }
                     // Merged: the sender's waiting responses (sync mode) may go.
-                    if batch.sequence > 0
-                        && frame::write(&mut stream, Kind::Ack, &batch.sequence.to_be_bytes())
-                            .await
-                            .is_err()
-                    {
-                        return;
+                    if batch.sequence > 0 {
+                        let _ = answers.send((Kind::Ack, batch.sequence.to_be_bytes().to_vec()));
                     }
                 }
-                Ok(frame) => {
-                    tracing::warn!(peer = %node_id, kind = ?frame.kind, "unexpected frame from peer; closing its connection");
-                    return;
+                kind => {
+                    tracing::warn!(peer = %node_id, ?kind, "unexpected frame from peer; closing its connection");
+                    return format!("an unexpected {kind:?} frame");
                 }
-                Err(error) => {
-                    tracing::info!(peer = %node_id, %error, "peer connection closed");
-                    return;
+            }
+        }
+    }
+
+    /// One message from peer `node_id`: merged into the store or the sticky tables, or
+    /// answered through `answers`.
+    fn handle(
+        self: Arc<Self>,
+        message: Replicated,
+        node_id: &str,
+        answers: &tokio::sync::mpsc::UnboundedSender<(Kind, Vec<u8>)>,
+        shared: &Shared,
+    ) {
+        match message {
+            Replicated::Fetch { id, tag } => {
+                let session = shared
+                    .store
+                    .as_ref()
+                    .and_then(|store| store.upsert_message(&id));
+                let encoded = serde_json::to_vec(&Fetched { tag, session }).unwrap_or_default();
+                let _ = answers.send((Kind::Fetched, encoded));
+            }
+            Replicated::Lock { id, tag } => {
+                // Granted when the session's current holder lets go: in a task of its own.
+                let (answers, peer) = (answers.clone(), node_id.to_string());
+                tokio::spawn(async move {
+                    let lock = self.locks.acquire(&id).await;
+                    if self.locks.grant(&peer, tag, lock) {
+                        let _ = answers.send((Kind::Locked, tag.to_be_bytes().to_vec()));
+                    }
+                });
+            }
+            Replicated::Unlock { tag } => self.locks.release(node_id, tag),
+            Replicated::SyncDone => {
+                self.synced
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(node_id.to_string());
+                tracing::info!(peer = %node_id, "full session state received from peer");
+            }
+            Replicated::Placement {
+                pool,
+                key,
+                route,
+                backend_id,
+            } => {
+                let placement = crate::placement::Placement { route, backend_id };
+                shared.tables.record(&pool, &key, placement);
+            }
+            message => {
+                if let Some(store) = &shared.store {
+                    store.merge_remote(message);
                 }
             }
         }
@@ -680,6 +735,12 @@ impl Cluster {
     }
 }
 
+/// The longest a request may hold a session lock (`lock_sessions`) granted to it by this
+/// node, in case its peer vanished without closing the connection.
+const LOCK_LEASE: Duration = Duration::from_secs(120);
+/// The longest a request waits for a session lock; past it, it goes on without (logged).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// How often a sync-mode response looks again for a connection to a live peer that has none
 /// open yet.
 const CONNECTION_POLL: Duration = Duration::from_millis(5);
@@ -701,6 +762,63 @@ impl Cluster {
             self.fetch(store, id).await;
         }
         visit
+    }
+
+    /// `lock_sessions`: waits for session `id`'s lock, from its owner (this node or a peer),
+    /// and holds it while the returned [`SessionLock`] lives. `None` without `lock_sessions`,
+    /// or when the owner cannot be reached or does not grant it within `LOCK_WAIT` (logged:
+    /// the request goes on unlocked rather than failing).
+    pub async fn lock(self: &Arc<Self>, store: &SessionStore, id: &str) -> Option<SessionLock> {
+        // Ids that name no session here (in the `all` topology, where every node has them all)
+        // cost no round trip.
+        let known = store.is_known(id) || self.topology.is_partitioned();
+        if !self.config.lock_sessions || !known || !crate::session::id::is_well_formed(id) {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        // The owner may die, or its connection start over, while this request waits: each
+        // slice of the wait looks again, and asks the (new) owner again if so.
+        loop {
+            let owner = self.topology.owner(id);
+            let slice =
+                (tokio::time::Instant::now() + self.config.heartbeat_interval).min(deadline);
+            if owner == self.node_id() {
+                if let Ok(lock) = tokio::time::timeout_at(slice, self.locks.acquire(id)).await {
+                    return Some(SessionLock::Local(lock));
+                }
+            } else if let Some((tag, granted, connection)) =
+                self.replicator.request_lock(&owner, id)
+            {
+                let remote = SessionLock::Remote {
+                    owner: owner.clone(),
+                    tag,
+                    replicator: Arc::clone(&self.replicator),
+                };
+                tokio::pin!(granted);
+                loop {
+                    let slice = (tokio::time::Instant::now() + self.config.heartbeat_interval)
+                        .min(deadline);
+                    match tokio::time::timeout_at(slice, &mut granted).await {
+                        Ok(Ok(())) => return Some(remote),
+                        // The connection went with the request.
+                        Ok(Err(_)) => break,
+                        Err(_) => {}
+                    }
+                    let same_owner = self.topology.owner(id) == owner;
+                    let same_connection = self.replicator.connection(&owner) == Some(connection);
+                    if !same_owner || !same_connection || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            } else {
+                // No connection to the owner yet (it is being redialled): wait a little.
+                tokio::time::sleep_until(slice).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(session = %crate::session::log_ref(id), wait = ?LOCK_WAIT, "session lock not granted in time; the request goes on without it");
+                return None;
+            }
+        }
     }
 
     /// Asks the live peers for session `id` one by one, its holders first, each for at most
@@ -775,6 +893,34 @@ impl Lag {
     }
 }
 
+/// A request's hold on its session's lock (`lock_sessions`); dropping it lets the next in.
+pub enum SessionLock {
+    /// This node owns the session.
+    Local(locks::LocalLock),
+    /// Peer `owner` granted request `tag` the lock; given back on drop.
+    Remote {
+        /// The session's owner.
+        owner: String,
+        /// The grant's tag.
+        tag: u64,
+        /// Where the `Unlock` is queued.
+        replicator: Arc<Replicator>,
+    },
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        if let SessionLock::Remote {
+            owner,
+            tag,
+            replicator,
+        } = self
+        {
+            replicator.unlock(owner, *tag);
+        }
+    }
+}
+
 /// A `Fetched` frame: the answer to a `Fetch` message.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Fetched {
@@ -797,6 +943,13 @@ async fn read_answers(
             let answer: Fetched =
                 serde_json::from_slice(&frame.payload).map_err(std::io::Error::other)?;
             replicator.fetched(answer.tag, answer.session);
+            continue;
+        }
+        if frame.kind == Kind::Locked {
+            let tag = <[u8; 8]>::try_from(frame.payload.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(std::io::Error::other)?;
+            replicator.locked(tag);
             continue;
         }
         let sequence = <[u8; 8]>::try_from(frame.payload.as_slice())

@@ -57,6 +57,8 @@ pub struct Replicator {
     touches: Mutex<HashMap<String, u64>>,
     /// Fetches waiting for a peer's answer, by tag.
     fetches: Mutex<HashMap<u64, oneshot::Sender<Option<Replicated>>>>,
+    /// Session-lock requests waiting for their grant, by tag.
+    lock_waits: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     next_tag: AtomicU64,
     /// Visitors created here, to be moved into `visitors` (apart, because the store reports
     /// creations while it holds a session lock, and releasing takes that lock under
@@ -121,6 +123,7 @@ impl Replicator {
             sequence: AtomicU64::default(),
             touches: Mutex::default(),
             fetches: Mutex::default(),
+            lock_waits: Mutex::default(),
             next_tag: AtomicU64::default(),
             departing: Mutex::default(),
             visitors: Mutex::default(),
@@ -297,6 +300,53 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&tag)
+    }
+
+    /// Asks peer `owner` for session `id`'s lock: the request's tag, where the grant comes
+    /// (through [`Replicator::locked`]), and the connection it was asked on. `None` when no
+    /// connection to that peer is open.
+    pub fn request_lock(&self, owner: &str, id: &str) -> Option<(u64, oneshot::Receiver<()>, u64)> {
+        let connection = self.connection(owner)?;
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (grant, granted) = oneshot::channel();
+        self.lock_waits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(tag, grant);
+        let message = Replicated::Lock {
+            id: id.to_string(),
+            tag,
+        };
+        self.send_to(message, Some(&[owner.to_string()]));
+        Some((tag, granted, connection))
+    }
+
+    /// The number of the newest connection to peer `node_id`, if one is open (a new number:
+    /// the connection started over, and what was asked on the old one is lost).
+    pub fn connection(&self, node_id: &str) -> Option<u64> {
+        self.with_queue(node_id, |queue| queue.number)
+    }
+
+    /// A peer granted the session lock of request `tag`.
+    pub fn locked(&self, tag: u64) {
+        let waiting = self
+            .lock_waits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&tag);
+        if let Some(waiting) = waiting {
+            let _ = waiting.send(());
+        }
+    }
+
+    /// Gives back to peer `owner` the session lock of request `tag` (granted or still asked
+    /// for: a grant that comes later is then given back at once by the owner).
+    pub fn unlock(&self, owner: &str, tag: u64) {
+        self.lock_waits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&tag);
+        self.send_to(Replicated::Unlock { tag }, Some(&[owner.to_string()]));
     }
 
     fn lock_visitors(&self) -> std::sync::MutexGuard<'_, Visitors> {

@@ -75,6 +75,17 @@ impl Topology {
         )
     }
 
+    /// The member that owns session `id` now (in either topology): the one that scores highest
+    /// for it. It holds the session's lock (`lock_sessions`).
+    pub fn owner(&self, id: &str) -> String {
+        let members = self.members();
+        members
+            .iter()
+            .max_by_key(|member| score(member, id))
+            .cloned()
+            .unwrap_or_else(|| self.node_id.clone())
+    }
+
     /// The nodes that hold session `id` now (see [`Topology::holders_among`]).
     pub fn holders(&self, id: &str) -> Option<Vec<String>> {
         self.holders_among(&self.members(), id)

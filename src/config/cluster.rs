@@ -38,6 +38,9 @@ pub struct ClusterConfig {
     /// `None`: the `all` topology (every peer holds every session); `Some(n)`: `backup`, each
     /// session on an owner and `n` backups.
     pub backups: Option<usize>,
+    /// Requests of one session run one at a time across the cluster (the session's owner
+    /// holds its lock), so that concurrent read-modify-writes through two peers both count.
+    pub lock_sessions: bool,
     /// Mutual TLS between peers; `None`: plain TCP (the secret still authenticates, but the
     /// traffic is not encrypted).
     pub tls: Option<PeerTlsConfig>,
@@ -152,6 +155,15 @@ impl Checker<'_> {
                 None
             }
         };
+        let lock_sessions = raw
+            .lock_sessions
+            .as_ref()
+            .is_some_and(|lock| *lock.get_ref());
+        if lock_sessions && !sync {
+            let span = raw.lock_sessions.as_ref().map(Spanned::span);
+            let message = "needs replication = \"sync\": only then has every peer a request's change when the next request of its session gets the lock";
+            self.error(span, "cluster.lock_sessions", message);
+        }
         let tls = match (raw.tls_ca, raw.tls_cert, raw.tls_key) {
             (None, None, None) => None,
             (Some(ca), Some(cert), Some(key)) => {
@@ -182,6 +194,7 @@ impl Checker<'_> {
             tls,
             sync,
             backups,
+            lock_sessions,
             sync_timeout,
             name,
             node_id,

@@ -38,6 +38,7 @@ pub struct RawCluster {
     pub replication: Option<Spanned<String>>,
     pub sync_timeout: Option<Spanned<String>>,
     pub topology: Option<Spanned<String>>,
+    pub lock_sessions: Option<Spanned<bool>>,
     pub backups: Option<Spanned<i64>>,
     pub tls_ca: Option<Spanned<String>>,
     pub tls_cert: Option<Spanned<String>>,

@@ -25,6 +25,7 @@ use hyper::body::{Body, Incoming};
 
 use crate::cluster::replication::Visit;
 use crate::cluster::Cluster;
+use crate::cluster::SessionLock;
 use crate::config::{InvalidUpdate, StickyConfig, StickyMode};
 use crate::error::ProxyError;
 use crate::placement::Placement;
@@ -138,11 +139,12 @@ impl ProxyService {
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
         let store = self.runtime.sessions.as_deref();
         // A client never speaks for tandem: its session headers go before anything is read.
-        let cluster = self.runtime.cluster.as_deref();
-        let (session, _visit) = match store {
+        let cluster = self.runtime.cluster.as_ref();
+        let (session, _hold) = match store {
             Some(store) => open_session(store, cluster, request.headers_mut()).await,
-            None => (None, None),
+            None => (None, SessionHold::default()),
         };
+        let cluster = cluster.map(|cluster| &**cluster);
         let (pool, host) = self.choose_pool(snapshot, &mut request)?;
         completion.pool = Some(Arc::clone(&pool.name));
         pool.retry_budget.deposit();
@@ -506,26 +508,36 @@ fn stick(pool: &Pool, request: &mut Request<Incoming>) -> Result<Stickiness, Pro
     })
 }
 
+/// What a request holds of its session in a cluster until its response is settled: the
+/// session's lock (`lock_sessions`) and, in the `backup` topology, a visiting copy.
+#[derive(Default)]
+struct SessionHold {
+    _lock: Option<SessionLock>,
+    _visit: Option<Visit>,
+}
+
 /// Proxy mode, on the way in: removes every session header the client sent and tandem's
 /// session cookie (the backend gets the session in headers), and opens the session the cookie
-/// names, if it is live. An id the store does not know is never adopted. In the `backup`
-/// topology a session this node does not have is fetched from its holders first, and one it
-/// does not hold stays for the request while the returned [`Visit`] lives.
+/// names, if it is live. An id the store does not know is never adopted. In a cluster the
+/// session's lock is taken first (`lock_sessions`); in the `backup` topology a session this
+/// node does not have is then fetched from its holders, and one it does not hold stays for the
+/// request while the returned hold lives.
 async fn open_session(
     store: &SessionStore,
-    cluster: Option<&Cluster>,
+    cluster: Option<&Arc<Cluster>>,
     headers: &mut HeaderMap,
-) -> (Option<Current>, Option<Visit>) {
+) -> (Option<Current>, SessionHold) {
     store.headers().strip(headers);
     let config = store.config();
-    let mut opened = (None, None);
+    let mut opened = (None, SessionHold::default());
     for (id, route) in session_cookie::candidates(headers, config) {
-        let visit = match cluster {
-            Some(cluster) => cluster.visit(store, id).await,
-            None => None,
-        };
+        let mut hold = SessionHold::default();
+        if let Some(cluster) = cluster {
+            hold._lock = cluster.lock(store, id).await;
+            hold._visit = cluster.visit(store, id).await;
+        }
         if let Some(current) = store.open(id, route) {
-            opened = (Some(current), visit);
+            opened = (Some(current), hold);
             break;
         }
     }

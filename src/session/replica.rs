@@ -188,6 +188,19 @@ pub enum Replicated {
         /// Matches the answer to the request.
         tag: u64,
     },
+    /// A request for session `id`'s lock (`lock_sessions`), to its owner; granted by a
+    /// `Locked` frame carrying `tag`.
+    Lock {
+        /// The session id.
+        id: String,
+        /// Names the grant.
+        tag: u64,
+    },
+    /// The sender's request `tag` gives back its session lock.
+    Unlock {
+        /// The grant's tag.
+        tag: u64,
+    },
 }
 
 impl Replicated {
@@ -200,6 +213,8 @@ impl Replicated {
             Replicated::Placement { .. } => "placement",
             Replicated::SyncDone => "sync_done",
             Replicated::Fetch { .. } => "fetch",
+            Replicated::Lock { .. } => "lock",
+            Replicated::Unlock { .. } => "unlock",
         }
     }
 
@@ -262,8 +277,12 @@ impl SessionStore {
     /// Merges a peer's message into this store. Nothing here is sent on to other peers.
     pub fn merge_remote(&self, message: Replicated) {
         match message {
-            // Sticky placements are the pools' business and fetches the cluster's.
-            Replicated::SyncDone | Replicated::Placement { .. } | Replicated::Fetch { .. } => {}
+            // Sticky placements are the pools' business; fetches and locks the cluster's.
+            Replicated::SyncDone
+            | Replicated::Placement { .. }
+            | Replicated::Fetch { .. }
+            | Replicated::Lock { .. }
+            | Replicated::Unlock { .. } => {}
             Replicated::Ended { id } => {
                 self.remember_ended(&id);
                 self.end_with(&id, super::EndReason::Invalidated, Origin::Remote);

@@ -252,6 +252,7 @@ impl BackendState {
             // sends back as response headers whatever the client asked for in
             // `x-respond-<name>` headers (raw bytes: valid, malformed, non-ASCII).
             "/session" => session_echo(&self.name, &request),
+            "/session/increment" => session_increment(&request),
             "/hop-by-hop" => {
                 let mut response = text("hop");
                 let headers = response.headers_mut();
@@ -270,6 +271,24 @@ impl BackendState {
             .insert("x-backend", self.name.parse().unwrap());
         response
     }
+}
+
+/// What `/session/increment` answers: a patch setting the session's `count` to one more than
+/// it had (a read-modify-write, as a real application's counter or cart does), and the new
+/// count as the body.
+fn session_increment(request: &Request<Incoming>) -> Response<TestBody> {
+    let count = request
+        .headers()
+        .get("x-tandem-session-data")
+        .and_then(|value| serde_json::from_slice::<serde_json::Value>(value.as_bytes()).ok())
+        .and_then(|data| data["count"].as_u64())
+        .unwrap_or(0);
+    let mut response = text(&(count + 1).to_string());
+    let patch = format!(r#"{{"count":{}}}"#, count + 1);
+    response
+        .headers_mut()
+        .insert("x-tandem-session-patch", patch.parse().unwrap());
+    response
 }
 
 /// What `/session` answers: `{"backend", "id", "data", "received"}` (`received`: the names of
@@ -949,11 +968,18 @@ impl Pki {
     }
 }
 
-/// A loopback port free right now (bound, then released for a child process to take).
+/// A loopback port free right now (bound, then released for a child process to take). Taken
+/// below the kernel's ephemeral range (32768 and up), so that no outgoing connection of the
+/// tests running meanwhile can take it before the child binds it; each call of a process tries
+/// the next one, from a start that differs per process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::OnceLock<AtomicUsize> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicUsize::new(std::process::id() as usize * 7919));
+    for _ in 0..12_000 {
+        let port = 20_000 + (next.fetch_add(1, Ordering::Relaxed) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
 }
