@@ -654,79 +654,35 @@ async fn s12_hostile_attribute_values_reach_a_peer_encoded_and_intact() {
     assert!(data.iter().all(|byte| (0x20..0x7f).contains(byte)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_session_locks_concurrent_clients_of_one_counter_through_rotating_peers_count_every_2xx(
-) {
-    let backend = Backend::start("app").await;
+/// Three peers with `lock_sessions` in sync mode, behind 10 ms relays, and a counter session
+/// at 0: the relays, the peers and the session's cookie.
+async fn locked_counter_cluster(backend: &Backend) -> (Vec<FaultRelay>, Vec<Tandem>, String) {
     let keys = "replication = \"sync\"\nsync_timeout = \"2s\"\nlock_sessions = true";
-    let (_relays, nodes) = cluster_via_relays(&backend, 3, Duration::from_millis(10), keys).await;
+    let (relays, nodes) = cluster_via_relays(backend, 3, Duration::from_millis(10), keys).await;
     let (_, cookie) = call(
         &nodes[0],
         None,
         &[("x-tandem-session-patch", r#"{"count":0}"#)],
     )
     .await;
-    let cookie = cookie.unwrap();
-    let nodes = std::sync::Arc::new(nodes);
-    // Four clients at once, each sending 15 read-modify-write increments of the one counter
-    // through the peers in turn; the backend adds one to what it is handed.
-    let clients: Vec<_> = (0..4)
-        .map(|client_index| {
-            let (nodes, cookie) = (std::sync::Arc::clone(&nodes), cookie.clone());
-            tokio::spawn(async move {
-                let client = client();
-                let mut successes = 0;
-                for round in 0..15 {
-                    let tandem = &nodes[(client_index + round) % nodes.len()];
-                    let request = http::Request::get(tandem.url("/session/increment"))
-                        .header("cookie", &cookie)
-                        .body(empty())
-                        .unwrap();
-                    if send(&client, request).await.status == 200 {
-                        successes += 1;
-                    }
-                }
-                successes
-            })
-        })
-        .collect();
-    let mut successes = 0;
-    for client in clients {
-        successes += client.await.unwrap();
-    }
-    assert_eq!(successes, 60, "every increment answered 2xx");
-    for tandem in nodes.iter() {
-        let (seen, _) = call(tandem, Some(&cookie), &[]).await;
-        assert_eq!(seen["data"]["count"], successes, "via {}", tandem.url(""));
-    }
+    (relays, nodes, cookie.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_session_locks_a_shared_counter_loses_no_acknowledged_increment_past_a_kill_9_of_its_owner(
-) {
-    let backend = Backend::start("app").await;
-    let keys = "replication = \"sync\"\nsync_timeout = \"2s\"\nlock_sessions = true";
-    let (_relays, nodes) = cluster_via_relays(&backend, 3, Duration::from_millis(10), keys).await;
-    let (_, cookie) = call(
-        &nodes[0],
-        None,
-        &[("x-tandem-session-patch", r#"{"count":0}"#)],
-    )
-    .await;
-    let cookie = cookie.unwrap();
-    // The node that owns the session's lock (the same rendezvous hashing as tandem's).
-    let id = cookie.split(['=', '.']).nth(1).unwrap();
-    let topology = tandem::cluster::topology::Topology::new("n0", None);
-    topology.set_live_peers(["n1".to_string(), "n2".to_string()]);
-    let owner: usize = topology.owner(id)[1..].parse().unwrap();
-    let nodes = std::sync::Arc::new(nodes);
-    let clients: Vec<_> = (0..4)
+/// Four clients at once, each sending `rounds` read-modify-write increments of `cookie`'s
+/// counter through the peers in turn (the backend adds one to what it is handed); each
+/// returns its (2xx, failed) counts.
+fn increment_concurrently(
+    nodes: &std::sync::Arc<Vec<Tandem>>,
+    cookie: &str,
+    rounds: usize,
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
+    (0..4)
         .map(|client_index| {
-            let (nodes, cookie) = (std::sync::Arc::clone(&nodes), cookie.clone());
+            let (nodes, cookie) = (std::sync::Arc::clone(nodes), cookie.to_string());
             tokio::spawn(async move {
                 let client = client();
                 let (mut successes, mut failures) = (0u64, 0u64);
-                for round in 0..30 {
+                for round in 0..rounds {
                     let tandem = &nodes[(client_index + round) % nodes.len()];
                     let request = http::Request::get(tandem.url("/session/increment"))
                         .header("cookie", &cookie)
@@ -741,16 +697,54 @@ async fn with_session_locks_a_shared_counter_loses_no_acknowledged_increment_pas
                 (successes, failures)
             })
         })
-        .collect();
-    // A third of the way in, the owner dies without a word.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    nodes[owner].signal(nix::sys::signal::Signal::SIGKILL);
+        .collect()
+}
+
+/// The summed (2xx, failed) counts of `clients`.
+async fn tally_clients(clients: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
     let (mut successes, mut failures) = (0, 0);
     for client in clients {
         let (ok, failed) = client.await.unwrap();
         successes += ok;
         failures += failed;
     }
+    (successes, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_session_locks_concurrent_clients_of_one_counter_through_rotating_peers_count_every_2xx(
+) {
+    let backend = Backend::start("app").await;
+    let (_relays, nodes, cookie) = locked_counter_cluster(&backend).await;
+    let nodes = std::sync::Arc::new(nodes);
+    let (successes, failures) = tally_clients(increment_concurrently(&nodes, &cookie, 15)).await;
+    assert_eq!(
+        (successes, failures),
+        (60, 0),
+        "every increment answered 2xx"
+    );
+    for tandem in nodes.iter() {
+        let (seen, _) = call(tandem, Some(&cookie), &[]).await;
+        assert_eq!(seen["data"]["count"], successes, "via {}", tandem.url(""));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_session_locks_a_shared_counter_loses_no_acknowledged_increment_past_a_kill_9_of_its_owner(
+) {
+    let backend = Backend::start("app").await;
+    let (_relays, nodes, cookie) = locked_counter_cluster(&backend).await;
+    // The node that owns the session's lock (the same rendezvous hashing as tandem's).
+    let id = cookie.split(['=', '.']).nth(1).unwrap();
+    let topology = tandem::cluster::topology::Topology::new("n0", None);
+    topology.set_live_peers(["n1".to_string(), "n2".to_string()]);
+    let owner: usize = topology.owner(id)[1..].parse().unwrap();
+    let nodes = std::sync::Arc::new(nodes);
+    let clients = increment_concurrently(&nodes, &cookie, 30);
+    // A third of the way in, the owner dies without a word.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nodes[owner].signal(nix::sys::signal::Signal::SIGKILL);
+    let (successes, failures) = tally_clients(clients).await;
     assert!(successes >= 60, "{successes} increments acknowledged");
     assert!(failures > 0, "the owner died after the run");
     for (index, tandem) in nodes.iter().enumerate() {
