@@ -19,9 +19,14 @@ pub struct SessionLocks {
     locks: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// Locks held for peers' requests: (peer, tag) → the lock and when it was granted.
     granted: Mutex<HashMap<(String, u64), (LocalLock, Instant)>>,
-    /// Requests given back before their lock was granted (the requester stopped waiting).
-    cancelled: Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Peers' requests waiting for their lock: a grant is kept only for a request still here
+    /// (not given back, its connection not ended meanwhile).
+    awaited: Mutex<std::collections::HashSet<(String, u64)>>,
 }
+
+/// Peers' lock requests waiting at most; past it, more are refused (their requesters go on
+/// unlocked after their wait), so a flood of them costs bounded memory.
+const MAX_AWAITED: usize = 65_536;
 
 /// A session lock held on this node; dropping it lets the next request in.
 pub struct LocalLock {
@@ -73,19 +78,28 @@ impl SessionLocks {
         }
     }
 
-    fn lock_cancelled(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, u64)>> {
-        self.cancelled
+    fn lock_awaited(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, u64)>> {
+        self.awaited
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Peer `peer`'s request `tag` asks for a lock; false when too many are waiting already
+    /// (the request is refused).
+    pub fn expect(&self, peer: &str, tag: u64) -> bool {
+        let mut awaited = self.lock_awaited();
+        if awaited.len() >= MAX_AWAITED {
+            return false;
+        }
+        awaited.insert((peer.to_string(), tag));
+        true
+    }
+
     /// Holds `lock` for request `tag` of peer `peer` until it gives it back; returns false
-    /// (and lets the lock go) when the peer gave it back already.
+    /// (and lets the lock go) when the request is no longer waiting for it.
     pub fn grant(&self, peer: &str, tag: u64, lock: LocalLock) -> bool {
         let key = (peer.to_string(), tag);
-        if self.lock_cancelled().remove(&key) {
+        if !self.lock_awaited().remove(&key) {
             return false;
         }
         self.lock_granted().insert(key, (lock, Instant::now()));
@@ -95,10 +109,8 @@ impl SessionLocks {
     /// Peer `peer` gave back the lock of its request `tag` (granted, or still awaited).
     pub fn release(&self, peer: &str, tag: u64) {
         let key = (peer.to_string(), tag);
+        self.lock_awaited().remove(&key);
         let released = self.lock_granted().remove(&key);
-        if released.is_none() {
-            self.lock_cancelled().insert(key);
-        }
         drop(released);
     }
 
@@ -115,7 +127,7 @@ impl SessionLocks {
                 .filter_map(|key| granted.remove(&key))
                 .collect()
         };
-        self.lock_cancelled().retain(|(holder, _)| holder != peer);
+        self.lock_awaited().retain(|(holder, _)| holder != peer);
         drop(released);
     }
 
@@ -161,16 +173,23 @@ mod tests {
     #[tokio::test]
     async fn grants_end_when_given_back_with_their_peer_or_past_the_lease() {
         let locks = Arc::new(SessionLocks::default());
+        assert!(locks.expect("b", 1));
         let lock = locks.acquire("s").await;
         assert!(locks.grant("b", 1, lock));
         locks.release("b", 1);
         // Given back before the grant: the grant lets go at once.
+        assert!(locks.expect("b", 9));
         locks.release("b", 9);
         assert!(!locks.grant("b", 9, locks.acquire("s").await));
         let lock = locks.acquire("s").await;
+        assert!(locks.expect("b", 2));
         assert!(locks.grant("b", 2, lock));
+        // A request still waiting when its peer's connection ends gets nothing afterwards.
+        assert!(locks.expect("b", 3));
         locks.release_peer("b");
+        assert!(!locks.grant("b", 3, locks.acquire("t").await));
         let lock = locks.acquire("s").await;
+        assert!(locks.expect("c", 3));
         assert!(locks.grant("c", 3, lock));
         assert_eq!(locks.expire(Duration::from_secs(60)), 0);
         assert_eq!(locks.expire(Duration::ZERO), 1);

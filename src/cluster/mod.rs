@@ -472,6 +472,10 @@ impl Cluster {
                 let _ = answers.send((Kind::Fetched, encoded));
             }
             Replicated::Lock { id, tag } => {
+                if !self.locks.expect(node_id, tag) {
+                    tracing::warn!(peer = %node_id, "too many session-lock requests waiting; one refused");
+                    return;
+                }
                 // Granted when the session's current holder lets go: in a task of its own.
                 let (answers, peer) = (answers.clone(), node_id.to_string());
                 tokio::spawn(async move {
