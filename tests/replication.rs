@@ -328,6 +328,16 @@ async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
     .await;
     let shared = shared.unwrap();
     wait_for(&nodes[1], &shared, &json!({"base": 1})).await;
+    // A hundred sessions of 2 KB both sides hold alike before the cut (200 KB of state).
+    let bulk = format!(r#"{{"bulk":"{}"}}"#, "x".repeat(2000));
+    let mut last = None;
+    for _ in 0..100 {
+        last = call(&nodes[0], None, &[("x-tandem-session-patch", &bulk)])
+            .await
+            .1;
+    }
+    let expected_bulk = json!({"bulk": "x".repeat(2000)});
+    wait_for(&nodes[1], &last.unwrap(), &expected_bulk).await;
 
     for relay in &relays {
         relay.cut();
@@ -360,6 +370,14 @@ async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
     )
     .await;
 
+    let sent = |metrics: &str| -> f64 {
+        let series = "tandem_replication_bytes_total{direction=\"sent\"}";
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap()
+    };
+    let before = sent(&get(&client(), &nodes[0].admin_url("/metrics")).await.body);
     for relay in &relays {
         relay.heal();
     }
@@ -379,6 +397,13 @@ async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
         )
         .await;
     }
+    // The heal exchanged digests: what both sides held alike did not travel again.
+    let after = sent(&get(&client(), &nodes[0].admin_url("/metrics")).await.body);
+    assert!(
+        after - before < 50_000.0,
+        "{} bytes sent to heal a partition over 200 KB of shared state",
+        after - before
+    );
 }
 
 /// Writes a session snapshot of `count` sessions `{"i":N}` to `path`; returns their cookies'

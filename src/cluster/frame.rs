@@ -24,6 +24,9 @@ pub enum Kind {
     Fetched = 6,
     /// The grant of a `Lock` message (its tag, u64 big-endian), back to the sender.
     Locked = 7,
+    /// Sessions wanted after a digest (JSON: ids, and whether this is the last such frame),
+    /// back to the sender.
+    Wanted = 8,
 }
 
 impl Kind {
@@ -36,6 +39,7 @@ impl Kind {
             5 => Some(Kind::Ack),
             6 => Some(Kind::Fetched),
             7 => Some(Kind::Locked),
+            8 => Some(Kind::Wanted),
             _ => None,
         }
     }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::frame::{self, Kind};
 
 /// The peer protocol this tandem speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest `Hello` or `Proof` accepted.
 const HANDSHAKE_FRAME_LIMIT: u32 = 1024;
 /// Time the other side has to send its `Hello` and `Proof`.

@@ -11,9 +11,10 @@
 //! - [`replication`]: this node's session changes, queued for each peer that holds the session.
 //! - [`topology`]: which peers hold which session (`all`, or an owner and backups).
 //!
-//! Each outbound connection starts with this node's full session state (in batches; in the
-//! `backup` topology only the sessions the peer holds), ends it with `SyncDone`, then carries
-//! live changes; each inbound one is merged into the store. A node is ready (`/readyz`) once
+//! Each outbound connection starts with a digest of this node's sessions (id and a hash of its
+//! state; in the `backup` topology only the sessions the peer holds); the peer answers which of
+//! them it lacks or holds otherwise (`Wanted`), and those follow whole, with the ended ids, then
+//! `SyncDone`, then live changes; each inbound one is merged into the store. A node is ready (`/readyz`) once
 //! every peer it hears has sent its full state. In the `backup` topology a node asks the
 //! holders for a session it does not have (a `Fetch`, answered on the same connection), and
 //! re-homes its sessions when the live members change.
@@ -413,6 +414,8 @@ impl Cluster {
         address: SocketAddr,
         shared: &Shared,
     ) -> String {
+        // The peer's digest, as it arrives (see `replicate`).
+        let mut digest = Vec::new();
         loop {
             let frame = match frame::read(reader, FRAME_LIMIT).await {
                 Ok(frame) => frame,
@@ -438,7 +441,7 @@ impl Cluster {
                             .messages
                             .with_label_values(&["received", message.kind()])
                             .inc();
-                        Arc::clone(&self).handle(message, node_id, answers, shared);
+                        Arc::clone(&self).handle(message, node_id, answers, shared, &mut digest);
                     }
                     // Merged: the sender's waiting responses (sync mode) may go.
                     if batch.sequence > 0 {
@@ -461,8 +464,16 @@ impl Cluster {
         node_id: &str,
         answers: &tokio::sync::mpsc::UnboundedSender<(Kind, Vec<u8>)>,
         shared: &Shared,
+        digest: &mut Vec<(String, u64)>,
     ) {
         match message {
+            Replicated::Digest { entries } => digest.extend(entries),
+            Replicated::DigestDone => {
+                let peers_digest = std::mem::take(digest);
+                for frame in wanted_frames(shared.store.as_deref(), &peers_digest) {
+                    let _ = answers.send((Kind::Wanted, frame));
+                }
+            }
             Replicated::Fetch { id, tag } => {
                 let session = shared
                     .store
@@ -580,9 +591,9 @@ impl Cluster {
         }
     }
 
-    /// Sends the full state, then live changes and heartbeats, and records the peer's
-    /// acknowledgements, until the connection fails or the peer falls behind (then the caller
-    /// starts over with a new connection).
+    /// Exchanges digests and sends the sessions the peer wants, then live changes and
+    /// heartbeats, and records the peer's acknowledgements, until the connection fails or the
+    /// peer falls behind (then the caller starts over with a new connection).
     async fn replicate(
         &self,
         stream: PeerStream,
@@ -594,20 +605,48 @@ impl Cluster {
         // `covered` is already in the store, so the full state's acknowledgement covers it.
         let subscription = self.replicator.subscribe(node_id);
         let covered = subscription.covered;
-        let (reader, mut writer) = tokio::io::split(stream);
-        let mut state = shared
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        // The digest of what this node has (in the `backup` topology, of the sessions the peer
+        // holds); the peer answers which of them it wants, and only those go whole.
+        let mut digest = shared
             .store
             .as_deref()
-            .map(SessionStore::full_state)
+            .map(SessionStore::digest)
             .unwrap_or_default();
-        // In the `backup` topology a peer gets only the sessions it holds.
-        state.retain(|message| match message {
-            Replicated::Upsert { id, .. } => self
-                .topology
+        digest.retain(|(id, _)| {
+            self.topology
                 .holders(id)
-                .is_none_or(|holders| holders.iter().any(|holder| holder == node_id)),
-            _ => true,
+                .is_none_or(|holders| holders.iter().any(|holder| holder == node_id))
         });
+        let mut messages: Vec<Replicated> = digest
+            .chunks(DIGEST_CHUNK)
+            .map(|entries| Replicated::Digest {
+                entries: entries.to_vec(),
+            })
+            .collect();
+        messages.push(Replicated::DigestDone);
+        send_batches(&mut writer, messages, 0, &self.metrics).await?;
+        // Heartbeats go on while the peer works out what it wants, or it would count this
+        // node dead meanwhile.
+        let wanted = {
+            let reading = read_wanted(&mut reader);
+            tokio::pin!(reading);
+            let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+            loop {
+                tokio::select! {
+                    wanted = &mut reading => break wanted?,
+                    _ = heartbeat.tick() => frame::write(&mut writer, Kind::Heartbeat, &[]).await?,
+                }
+            }
+        };
+        let mut state: Vec<Replicated> = match shared.store.as_deref() {
+            Some(store) => wanted
+                .iter()
+                .filter_map(|id| store.upsert_message(id))
+                .chain(store.ended_messages())
+                .collect(),
+            None => Vec::new(),
+        };
         state.extend(
             shared
                 .tables
@@ -646,7 +685,7 @@ impl Cluster {
                 _ = heartbeat.tick() => {
                     if subscription.behind.load(std::sync::atomic::Ordering::Relaxed) {
                         self.metrics.resyncs.inc();
-                        tracing::warn!("a peer fell behind (queue overflow or no acknowledgement in time); resending the full state");
+                        tracing::warn!("a peer fell behind (queue overflow or no acknowledgement in time); starting over with a digest exchange");
                         return Ok(());
                     }
                     frame::write(writer, Kind::Heartbeat, &[]).await?;
@@ -925,6 +964,64 @@ impl Drop for SessionLock {
     }
 }
 
+/// Digest entries per message (about 50 bytes each).
+const DIGEST_CHUNK: usize = 10_000;
+/// Ids per `Wanted` frame (about 35 bytes each, well within the frame limit).
+const WANTED_CHUNK: usize = 100_000;
+/// The longest a peer may take to answer a digest.
+const DIGEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `Wanted` frame: sessions the peer wants after a digest.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wanted {
+    ids: Vec<String>,
+    /// Whether this is the last `Wanted` frame for the digest.
+    done: bool,
+}
+
+/// Reads the peer's `Wanted` frames after a digest: every id it asked for.
+async fn read_wanted(reader: &mut tokio::io::ReadHalf<PeerStream>) -> std::io::Result<Vec<String>> {
+    let mut wanted = Vec::new();
+    let deadline = tokio::time::Instant::now() + DIGEST_TIMEOUT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, frame::read(reader, FRAME_LIMIT))
+            .await
+            .map_err(|_| std::io::Error::other("the peer did not answer the digest in time"))??;
+        if frame.kind != Kind::Wanted {
+            return Err(std::io::Error::other(
+                "a peer answered a digest with something else",
+            ));
+        }
+        let part: Wanted = serde_json::from_slice(&frame.payload).map_err(std::io::Error::other)?;
+        wanted.extend(part.ids);
+        if part.done {
+            return Ok(wanted);
+        }
+    }
+}
+
+/// The `Wanted` frames answering a peer's `digest`: the sessions `store` lacks or holds
+/// otherwise.
+fn wanted_frames(store: Option<&SessionStore>, digest: &[(String, u64)]) -> Vec<Vec<u8>> {
+    let wanted = store.map(|store| store.wanted(digest)).unwrap_or_default();
+    let mut chunks: Vec<&[String]> = wanted.chunks(WANTED_CHUNK).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
+    }
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(index, ids)| {
+            let part = Wanted {
+                ids: ids.to_vec(),
+                done: index == last,
+            };
+            serde_json::to_vec(&part).unwrap_or_default()
+        })
+        .collect()
+}
+
 /// A `Fetched` frame: the answer to a `Fetch` message.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Fetched {
@@ -979,7 +1076,7 @@ struct Shared {
 }
 
 /// A `Sessions` frame: messages, and the sequence number of the last change among them (0 for
-/// the full state, which is not acknowledged).
+/// the digest, which is not acknowledged).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Batch {
     sequence: u64,

@@ -188,6 +188,14 @@ pub enum Replicated {
         /// Matches the answer to the request.
         tag: u64,
     },
+    /// Part of the sender's digest of the sessions it has: (id, digest of its state) pairs. The
+    /// receiver answers `Wanted` frames naming the sessions it lacks or has otherwise.
+    Digest {
+        /// (session id, digest of the session) pairs.
+        entries: Vec<(String, u64)>,
+    },
+    /// The sender's digest is complete.
+    DigestDone,
     /// A request for session `id`'s lock (`lock_sessions`), to its owner; granted by a
     /// `Locked` frame carrying `tag`.
     Lock {
@@ -213,6 +221,8 @@ impl Replicated {
             Replicated::Placement { .. } => "placement",
             Replicated::SyncDone => "sync_done",
             Replicated::Fetch { .. } => "fetch",
+            Replicated::Digest { .. } => "digest",
+            Replicated::DigestDone => "digest_done",
             Replicated::Lock { .. } => "lock",
             Replicated::Unlock { .. } => "unlock",
         }
@@ -249,22 +259,83 @@ impl Replicated {
     }
 }
 
+/// A digest of `session`'s replicated state: FNV-1a over its versions, attributes' versions
+/// in key order, route, timeouts and last use. Written out here rather than taken from `std`
+/// (whose hasher may change between Rust releases): peers of different builds compare these.
+/// Not a defence against a forger (peers are authenticated); fast, since a node digests every
+/// session it has on each peer connection.
+fn session_digest(session: &Session) -> u64 {
+    let mut digest = Fnv::default();
+    let version = |digest: &mut Fnv, version: &Version| {
+        digest.write(&version.clock.to_be_bytes());
+        digest.write(&version.node.to_be_bytes());
+    };
+    version(&mut digest, &session.fields_version);
+    digest.write(&session.last_access_ms.to_be_bytes());
+    digest.write(&session.idle_timeout_ms.to_be_bytes());
+    digest.write(&session.absolute_timeout_ms.to_be_bytes());
+    digest.write(session.route.as_bytes());
+    digest.write(&[0]);
+    let mut attributes: Vec<_> = session.versions.iter().collect();
+    attributes.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, attribute_version, live) in attributes {
+        digest.write(key.as_bytes());
+        digest.write(&[0, u8::from(*live)]);
+        version(&mut digest, attribute_version);
+    }
+    digest.0
+}
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
 impl SessionStore {
-    /// Every live session and every ended id this node knows, as messages for a peer that
-    /// needs the full state.
-    pub fn full_state(&self) -> Vec<Replicated> {
-        let mut state: Vec<Replicated> = self
-            .sessions
+    /// Every live session's id and a digest of its state (its versions, route, timeouts and
+    /// last use): two nodes holding a session alike have the same digest for it, on any build.
+    pub fn digest(&self) -> Vec<(String, u64)> {
+        self.sessions
             .iter()
-            .map(|entry| Replicated::upsert(entry.key(), entry.value(), None))
-            .collect();
-        state.extend(
-            self.ended
-                .ids()
-                .into_iter()
-                .map(|id| Replicated::Ended { id: id.to_string() }),
-        );
-        state
+            .map(|entry| (entry.key().to_string(), session_digest(entry.value())))
+            .collect()
+    }
+
+    /// The ids in a peer's `digest` whose session this node lacks or holds otherwise (ended
+    /// ones aside): what it wants the peer to send.
+    pub fn wanted(&self, digest: &[(String, u64)]) -> Vec<String> {
+        digest
+            .iter()
+            .filter(|(id, theirs)| {
+                !self.ended.contains(id)
+                    && self
+                        .sessions
+                        .get(id.as_str())
+                        .is_none_or(|session| session_digest(&session) != *theirs)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Every ended id this node remembers, as messages for a peer.
+    pub fn ended_messages(&self) -> Vec<Replicated> {
+        self.ended
+            .ids()
+            .into_iter()
+            .map(|id| Replicated::Ended { id: id.to_string() })
+            .collect()
     }
 
     /// The whole of live session `id` as a message, for a peer that needs it.
@@ -279,6 +350,8 @@ impl SessionStore {
         match message {
             // Sticky placements are the pools' business; fetches and locks the cluster's.
             Replicated::SyncDone
+            | Replicated::Digest { .. }
+            | Replicated::DigestDone
             | Replicated::Placement { .. }
             | Replicated::Fetch { .. }
             | Replicated::Lock { .. }
