@@ -87,7 +87,7 @@ pub fn rewrite_cookie(headers: &mut HeaderMap, name: &str, from: &str, to: &str)
 }
 
 /// The value of `;name=value` in a path; it ends at the next `;`, `/` or the end of the path.
-fn path_parameter<'p>(path: &'p str, name: &str) -> Option<&'p str> {
+pub fn path_parameter<'p>(path: &'p str, name: &str) -> Option<&'p str> {
     let mut rest = path;
     while let Some(at) = rest.find(';') {
         rest = &rest[at + 1..];

@@ -750,3 +750,38 @@ async fn sessions_expire_when_idle_or_too_old_on_a_clock_the_test_moves() {
     assert_eq!(metric_at(admin, "tandem_sessions_expired_total").await, 9.0);
     assert_eq!(metric_at(admin, "tandem_session_bytes").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_url_parameter_a_client_without_cookies_keeps_its_session_in_the_url() {
+    let backend = Backend::start("a").await;
+    let keys = "url_parameter = \"tandemsession\"";
+    let tandem = Tandem::start(&proxy_config(&[&backend], keys, "off"));
+    let mut browser = Browser::new(&tandem);
+    browser.patch(r#"{"cart":["apple"]}"#).await;
+    let id = browser.id();
+    // No cookie, the id in the path: the backend gets the session in headers, and a path
+    // without the parameter (its `/headers` page answers only that exact path).
+    let url = tandem.url(&format!("/headers;tandemsession={id}.a?page=2"));
+    let answer = get(&client(), &url).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.contains(&format!("x-tandem-session-id: {id}")),
+        "{}",
+        answer.body
+    );
+    assert!(
+        answer
+            .body
+            .contains(r#"x-tandem-session-data: {"cart":["apple"]}"#),
+        "{}",
+        answer.body
+    );
+    // An id tandem never issued is not adopted from the URL either.
+    let forged = tandem.url("/headers;tandemsession=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.a");
+    let answer = get(&client(), &forged).await;
+    assert!(
+        !answer.body.contains("x-tandem-session-id"),
+        "{}",
+        answer.body
+    );
+}

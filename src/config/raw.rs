@@ -50,6 +50,7 @@ pub struct RawCluster {
 #[serde(deny_unknown_fields)]
 pub struct RawSession {
     pub mode: Option<Spanned<String>>,
+    pub url_parameter: Option<Spanned<String>>,
     pub separator: Option<Spanned<String>>,
     pub header_prefix: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,

@@ -38,6 +38,9 @@ pub struct SessionConfig {
     pub cookie: SessionCookieConfig,
     /// Between the session id and the route in the cookie value (`<id>.<route>`).
     pub separator: char,
+    /// A path parameter (`/cart;<name>=<id>.<route>`) that also names the session, for clients
+    /// without cookies; removed from the path sent to the backend. `None`: cookies only.
+    pub url_parameter: Option<String>,
     /// Lowercase prefix of every session header (`x-tandem-session`): the request carries
     /// `<prefix>-id` and `<prefix>-data`, the response may carry `<prefix>-patch`,
     /// `<prefix>-command`, `<prefix>-idle-timeout` and `<prefix>-absolute-timeout`.
@@ -103,6 +106,7 @@ impl Checker<'_> {
     pub(super) fn session(&mut self, raw: Option<RawSession>) -> SessionConfig {
         let raw = raw.unwrap_or(RawSession {
             mode: None,
+            url_parameter: None,
             separator: None,
             header_prefix: None,
             idle_timeout: None,
@@ -236,8 +240,18 @@ impl Checker<'_> {
             Some(path) => Some(PathBuf::from(path.into_inner())),
             None => None,
         };
+        let url_parameter = raw.url_parameter.and_then(|name| {
+            if super::is_token(name.get_ref()) {
+                Some(name.into_inner())
+            } else {
+                let message = format!("`{}` is not a parameter name", name.get_ref());
+                self.error(Some(name.span()), "session.url_parameter", message);
+                None
+            }
+        });
         SessionConfig {
             mode,
+            url_parameter,
             cookie: self.session_cookie(raw.cookie),
             separator,
             header_prefix,

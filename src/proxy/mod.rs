@@ -141,7 +141,7 @@ impl ProxyService {
         // A client never speaks for tandem: its session headers go before anything is read.
         let cluster = self.runtime.cluster.as_ref();
         let (session, _hold) = match store {
-            Some(store) => open_session(store, cluster, request.headers_mut()).await,
+            Some(store) => open_session(store, cluster, &mut request).await,
             None => (None, SessionHold::default()),
         };
         let cluster = cluster.map(|cluster| &**cluster);
@@ -516,21 +516,22 @@ struct SessionHold {
     _visit: Option<Visit>,
 }
 
-/// Proxy mode, on the way in: removes every session header the client sent and tandem's
-/// session cookie (the backend gets the session in headers), and opens the session the cookie
-/// names, if it is live. An id the store does not know is never adopted. In a cluster the
+/// Proxy mode, on the way in: removes every session header the client sent, tandem's session
+/// cookie and its URL parameter (the backend gets the session in headers), and opens the
+/// session they name, if it is live. An id the store does not know is never adopted. In a cluster the
 /// session's lock is taken first (`lock_sessions`); in the `backup` topology a session this
 /// node does not have is then fetched from its holders, and one it does not hold stays for the
 /// request while the returned hold lives.
 async fn open_session(
     store: &SessionStore,
     cluster: Option<&Arc<Cluster>>,
-    headers: &mut HeaderMap,
+    request: &mut Request<Incoming>,
 ) -> (Option<Current>, SessionHold) {
-    store.headers().strip(headers);
+    store.headers().strip(request.headers_mut());
     let config = store.config();
     let mut opened = (None, SessionHold::default());
-    for (id, route) in session_cookie::candidates(headers, config) {
+    let path = request.uri().path().to_string();
+    for (id, route) in session_cookie::candidates(request.headers(), &path, config) {
         let mut hold = SessionHold::default();
         if let Some(cluster) = cluster {
             hold._lock = cluster.lock(store, id).await;
@@ -541,8 +542,25 @@ async fn open_session(
             break;
         }
     }
-    if headers.contains_key(COOKIE) {
-        sticky::remove_cookie(headers, &config.cookie.name);
+    if request.headers().contains_key(COOKIE) {
+        sticky::remove_cookie(request.headers_mut(), &config.cookie.name);
+    }
+    if let Some(name) = &config.url_parameter {
+        if sticky::path_parameter(&path, name).is_some() {
+            let kept = session_cookie::without_path_parameter(&path, name);
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let mut parts = request.uri().clone().into_parts();
+            if let Ok(path_and_query) = format!("{kept}{query}").parse() {
+                parts.path_and_query = Some(path_and_query);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *request.uri_mut() = uri;
+                }
+            }
+        }
     }
     opened
 }

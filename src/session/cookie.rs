@@ -11,10 +11,22 @@ use crate::config::SessionConfig;
 /// more than one carrying a few.
 const MAX_CANDIDATES: usize = 4;
 
-/// The well-formed `(id, route)` pairs of the session cookies in `headers`, in the order sent
-/// (a client may hold several, from several paths), at most a few.
-pub fn candidates<'h>(headers: &'h HeaderMap, config: &SessionConfig) -> Vec<(&'h str, &'h str)> {
+/// The well-formed `(id, route)` pairs naming the request's session, at most a few: the one in
+/// `path`'s `url_parameter`, if configured, then the session cookies in `headers` in the order
+/// sent (a client may hold several, from several paths).
+pub fn candidates<'h>(
+    headers: &'h HeaderMap,
+    path: &'h str,
+    config: &SessionConfig,
+) -> Vec<(&'h str, &'h str)> {
     let mut found = Vec::new();
+    // The URL form first: a client that sends it has no cookie, or means this session.
+    let in_url = config
+        .url_parameter
+        .as_deref()
+        .and_then(|name| crate::sticky::path_parameter(path, name))
+        .and_then(|value| id::parse(value, config.separator));
+    found.extend(in_url);
     for header in headers.get_all(COOKIE) {
         let Ok(text) = header.to_str() else { continue };
         for cookie in Cookie::split_parse(text).flatten() {
@@ -33,6 +45,28 @@ pub fn candidates<'h>(headers: &'h HeaderMap, config: &SessionConfig) -> Vec<(&'
         }
     }
     found
+}
+
+/// `path` without its `;name=value` parameters named `name` (what the backend gets when the
+/// session travels in headers instead).
+pub fn without_path_parameter(path: &str, name: &str) -> String {
+    let mut kept = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find(';') {
+        kept.push_str(&rest[..at]);
+        let parameter = &rest[at + 1..];
+        let end = parameter.find([';', '/']).unwrap_or(parameter.len());
+        let named = parameter[..end]
+            .strip_prefix(name)
+            .is_some_and(|value| value.starts_with('='));
+        if !named {
+            kept.push(';');
+            kept.push_str(&parameter[..end]);
+        }
+        rest = &parameter[end..];
+    }
+    kept.push_str(rest);
+    kept
 }
 
 /// `Set-Cookie` for session `id` on `route`; `tls` says whether the request came over TLS (for
@@ -69,4 +103,23 @@ fn shaped(config: &SessionConfig, value: String, tls: bool) -> Cookie<'static> {
 fn header(cookie: Cookie<'_>) -> HeaderValue {
     HeaderValue::from_str(&cookie.to_string())
         .expect("the config checked every cookie attribute is visible ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_named_path_parameter_is_removed() {
+        let cases = [
+            ("/cart;sid=ABC.r1", "/cart"),
+            ("/a;v=1;sid=X.r;w=2/b", "/a;v=1;w=2/b"),
+            ("/a;sidx=1/b;sid=Y", "/a;sidx=1/b"),
+            ("/plain", "/plain"),
+            ("/a;sid", "/a;sid"),
+        ];
+        for (path, kept) in cases {
+            assert_eq!(without_path_parameter(path, "sid"), kept, "{path}");
+        }
+    }
 }
