@@ -234,7 +234,10 @@ async fn p02_an_endless_continuation_is_cut_off_and_tandem_keeps_serving() {
     let filler = hpack(&[(b"x-filler", &[b'a'; 16_000])]);
     let mut sent = 0usize;
     for _ in 0..4096 {
-        if h2.send(CONTINUATION, 0, 1, &filler).await.is_err() {
+        // A write that cannot go on (tandem stopped reading) ends the attack too; whether
+        // tandem then closed the connection is what `outcome` checks.
+        let write = h2.send(CONTINUATION, 0, 1, &filler);
+        if !matches!(tokio::time::timeout(DEADLINE, write).await, Ok(Ok(()))) {
             break;
         }
         sent += filler.len();
@@ -278,7 +281,8 @@ async fn p02_an_empty_data_flood_costs_bounded_memory_and_tandem_keeps_serving()
     }
     let mut cut = false;
     for _ in 0..200 {
-        if h2.stream.write_all(&flood).await.is_err() {
+        let write = h2.stream.write_all(&flood);
+        if !matches!(tokio::time::timeout(DEADLINE, write).await, Ok(Ok(()))) {
             cut = true;
             break;
         }

@@ -100,6 +100,17 @@ async fn call(
     (serde_json::from_str(&answer.body).unwrap(), cookie)
 }
 
+/// A new session `{"count":0}` made through `tandem`: its cookie.
+async fn new_counter(tandem: &Tandem) -> String {
+    let (_, cookie) = call(
+        tandem,
+        None,
+        &[("x-tandem-session-patch", r#"{"count":0}"#)],
+    )
+    .await;
+    cookie.expect("a session cookie")
+}
+
 /// Waits until `tandem` hands `cookie`'s session to the backend as `expected`.
 async fn wait_for(tandem: &Tandem, cookie: &str, expected: &Value) {
     let until = Instant::now() + DEADLINE;
@@ -252,18 +263,12 @@ async fn a_counter_incremented_through_rotating_peers_counts_every_increment() {
     let backend = Backend::start("app").await;
     let ports = [free_port(), free_port(), free_port()];
     let nodes = cluster(&backend, &ports).await;
-    let (_, cookie) = call(
-        &nodes[0],
-        None,
-        &[("x-tandem-session-patch", r#"{"count":0}"#)],
-    )
-    .await;
-    let cookie = cookie.unwrap();
+    let cookie = new_counter(&nodes[0]).await;
     let mut successes = 0;
     for round in 0..30 {
         let tandem = &nodes[round % 3];
-        // Async replication: the next peer is used once it has the last write (sync mode,
-        // which would make this wait unnecessary, is not built yet).
+        // Async replication: the next peer is used once it has the last write (the sync-mode
+        // tests below need no such wait).
         wait_for(tandem, &cookie, &json!({"count": successes})).await;
         let patch = format!(r#"{{"count":{}}}"#, successes + 1);
         call(tandem, Some(&cookie), &[("x-tandem-session-patch", &patch)]).await;
@@ -287,13 +292,7 @@ async fn in_sync_mode_every_response_finds_its_change_on_every_peer_even_past_a_
     for tandem in &nodes {
         tandem.wait_ready().await;
     }
-    let (_, cookie) = call(
-        &nodes[0],
-        None,
-        &[("x-tandem-session-patch", r#"{"count":0}"#)],
-    )
-    .await;
-    let cookie = cookie.unwrap();
+    let cookie = new_counter(&nodes[0]).await;
     let mut successes = 0;
     for round in 0..60 {
         if round == 30 {
@@ -484,13 +483,7 @@ async fn in_sync_mode_concurrent_clients_each_count_every_increment_through_rota
         .map(|client| {
             let nodes = std::sync::Arc::clone(&nodes);
             tokio::spawn(async move {
-                let (_, cookie) = call(
-                    &nodes[client % 3],
-                    None,
-                    &[("x-tandem-session-patch", r#"{"count":0}"#)],
-                )
-                .await;
-                let cookie = cookie.unwrap();
+                let cookie = new_counter(&nodes[client % 3]).await;
                 let mut acknowledged = 0;
                 for round in 0..15 {
                     let tandem = &nodes[(client + round) % 3];
@@ -644,13 +637,7 @@ async fn in_the_backup_topology_sync_mode_waits_for_the_sessions_holders() {
     // the holders' acknowledgements lets every next request see the change.
     let keys = "topology = \"backup\"\nbackups = 1\nreplication = \"sync\"\nsync_timeout = \"2s\"";
     let (_relays, nodes) = cluster_via_relays(&backend, 3, Duration::from_millis(30), keys).await;
-    let (_, cookie) = call(
-        &nodes[0],
-        None,
-        &[("x-tandem-session-patch", r#"{"count":0}"#)],
-    )
-    .await;
-    let cookie = cookie.unwrap();
+    let cookie = new_counter(&nodes[0]).await;
     for round in 0..30 {
         let tandem = &nodes[round % 3];
         let patch = format!(r#"{{"count":{}}}"#, round + 1);
@@ -684,13 +671,8 @@ async fn s12_hostile_attribute_values_reach_a_peer_encoded_and_intact() {
 async fn locked_counter_cluster(backend: &Backend) -> (Vec<FaultRelay>, Vec<Tandem>, String) {
     let keys = "replication = \"sync\"\nsync_timeout = \"2s\"\nlock_sessions = true";
     let (relays, nodes) = cluster_via_relays(backend, 3, Duration::from_millis(10), keys).await;
-    let (_, cookie) = call(
-        &nodes[0],
-        None,
-        &[("x-tandem-session-patch", r#"{"count":0}"#)],
-    )
-    .await;
-    (relays, nodes, cookie.unwrap())
+    let cookie = new_counter(&nodes[0]).await;
+    (relays, nodes, cookie)
 }
 
 /// Four clients at once, each sending `rounds` read-modify-write increments of `cookie`'s

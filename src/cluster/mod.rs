@@ -386,7 +386,9 @@ impl Cluster {
         // Answers (acknowledgements, fetched sessions, lock grants) go out through one writer,
         // since lock grants come from tasks of their own.
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let (answers, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<(Kind, Vec<u8>)>();
+        // Bounded: a peer that does not read its answers stops being read from (backpressure),
+        // rather than making this node queue answers without end.
+        let (answers, mut outgoing) = tokio::sync::mpsc::channel::<(Kind, Vec<u8>)>(ANSWER_QUEUE);
         let writing = tokio::spawn(async move {
             while let Some((kind, payload)) = outgoing.recv().await {
                 if frame::write(&mut writer, kind, &payload).await.is_err() {
@@ -409,7 +411,7 @@ impl Cluster {
     async fn hear_frames(
         self: Arc<Self>,
         reader: &mut tokio::io::ReadHalf<PeerStream>,
-        answers: &tokio::sync::mpsc::UnboundedSender<(Kind, Vec<u8>)>,
+        answers: &Answers,
         node_id: &str,
         address: SocketAddr,
         shared: &Shared,
@@ -441,11 +443,19 @@ impl Cluster {
                             .messages
                             .with_label_values(&["received", message.kind()])
                             .inc();
-                        Arc::clone(&self).handle(message, node_id, answers, shared, &mut digest);
+                        let handled = Arc::clone(&self)
+                            .handle(message, node_id, answers, shared, &mut digest)
+                            .await;
+                        if let Err(reason) = handled {
+                            tracing::warn!(peer = %node_id, %reason, "closing the peer's connection");
+                            return reason;
+                        }
                     }
                     // Merged: the sender's waiting responses (sync mode) may go.
                     if batch.sequence > 0 {
-                        let _ = answers.send((Kind::Ack, batch.sequence.to_be_bytes().to_vec()));
+                        let _ = answers
+                            .send((Kind::Ack, batch.sequence.to_be_bytes().to_vec()))
+                            .await;
                     }
                 }
                 kind => {
@@ -457,21 +467,31 @@ impl Cluster {
     }
 
     /// One message from peer `node_id`: merged into the store or the sticky tables, or
-    /// answered through `answers`.
-    fn handle(
+    /// answered through `answers`; an error says why the connection must close.
+    async fn handle(
         self: Arc<Self>,
         message: Replicated,
         node_id: &str,
-        answers: &tokio::sync::mpsc::UnboundedSender<(Kind, Vec<u8>)>,
+        answers: &Answers,
         shared: &Shared,
         digest: &mut Vec<(String, u64)>,
-    ) {
+    ) -> Result<(), String> {
         match message {
-            Replicated::Digest { entries } => digest.extend(entries),
+            Replicated::Digest { entries } => {
+                // No more entries than twice the sessions this node may hold.
+                let limit = shared
+                    .store
+                    .as_ref()
+                    .map_or(0, |store| 2 * store.config().max_sessions);
+                if digest.len() + entries.len() > limit {
+                    return Err(format!("a digest of more than {limit} sessions"));
+                }
+                digest.extend(entries);
+            }
             Replicated::DigestDone => {
                 let peers_digest = std::mem::take(digest);
                 for frame in wanted_frames(shared.store.as_deref(), &peers_digest) {
-                    let _ = answers.send((Kind::Wanted, frame));
+                    let _ = answers.send((Kind::Wanted, frame)).await;
                 }
             }
             Replicated::Fetch { id, tag } => {
@@ -480,19 +500,21 @@ impl Cluster {
                     .as_ref()
                     .and_then(|store| store.upsert_message(&id));
                 let encoded = serde_json::to_vec(&Fetched { tag, session }).unwrap_or_default();
-                let _ = answers.send((Kind::Fetched, encoded));
+                let _ = answers.send((Kind::Fetched, encoded)).await;
             }
             Replicated::Lock { id, tag } => {
                 if !self.locks.expect(node_id, tag) {
                     tracing::warn!(peer = %node_id, "too many session-lock requests waiting; one refused");
-                    return;
+                    return Ok(());
                 }
                 // Granted when the session's current holder lets go: in a task of its own.
                 let (answers, peer) = (answers.clone(), node_id.to_string());
                 tokio::spawn(async move {
                     let lock = self.locks.acquire(&id).await;
                     if self.locks.grant(&peer, tag, lock) {
-                        let _ = answers.send((Kind::Locked, tag.to_be_bytes().to_vec()));
+                        let _ = answers
+                            .send((Kind::Locked, tag.to_be_bytes().to_vec()))
+                            .await;
                     }
                 });
             }
@@ -519,6 +541,7 @@ impl Cluster {
                 }
             }
         }
+        Ok(())
     }
 
     /// Keeps a connection to the peer at `target`: the full state of `store` first, then
@@ -629,7 +652,7 @@ impl Cluster {
         // Heartbeats go on while the peer works out what it wants, or it would count this
         // node dead meanwhile.
         let wanted = {
-            let reading = read_wanted(&mut reader);
+            let reading = read_wanted(&mut reader, digest.len());
             tokio::pin!(reading);
             let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
             loop {
@@ -979,8 +1002,12 @@ struct Wanted {
     done: bool,
 }
 
-/// Reads the peer's `Wanted` frames after a digest: every id it asked for.
-async fn read_wanted(reader: &mut tokio::io::ReadHalf<PeerStream>) -> std::io::Result<Vec<String>> {
+/// Reads the peer's `Wanted` frames after a digest of `offered` sessions: every id it asked
+/// for (no more than were offered).
+async fn read_wanted(
+    reader: &mut tokio::io::ReadHalf<PeerStream>,
+    offered: usize,
+) -> std::io::Result<Vec<String>> {
     let mut wanted = Vec::new();
     let deadline = tokio::time::Instant::now() + DIGEST_TIMEOUT;
     loop {
@@ -993,6 +1020,11 @@ async fn read_wanted(reader: &mut tokio::io::ReadHalf<PeerStream>) -> std::io::R
             ));
         }
         let part: Wanted = serde_json::from_slice(&frame.payload).map_err(std::io::Error::other)?;
+        if wanted.len() + part.ids.len() > offered {
+            return Err(std::io::Error::other(
+                "a peer wanted more sessions than it was offered",
+            ));
+        }
         wanted.extend(part.ids);
         if part.done {
             return Ok(wanted);
@@ -1021,6 +1053,12 @@ fn wanted_frames(store: Option<&SessionStore>, digest: &[(String, u64)]) -> Vec<
         })
         .collect()
 }
+
+/// Where a connection's answers to its peer (acknowledgements, fetched sessions, lock grants,
+/// wanted sessions) wait for its writer.
+type Answers = tokio::sync::mpsc::Sender<(Kind, Vec<u8>)>;
+/// Answers waiting for one connection's writer at most.
+const ANSWER_QUEUE: usize = 1024;
 
 /// A `Fetched` frame: the answer to a `Fetch` message.
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -399,6 +399,12 @@ impl Replicator {
             .map(|(id, sequence)| (Arc::clone(id), *sequence))
             .collect();
         for (id, sequence) in leaving {
+            // A visit to an id this node never got (unknown, or not found at the holders)
+            // leaves nothing to release: forgotten at once, so forged ids cannot pile up here.
+            if !store.contains(&id) {
+                visitors.leaving.remove(&id);
+                continue;
+            }
             match self.topology.holders(&id) {
                 Some(holders) if !holders.iter().any(|h| h == self.topology.node_id()) => {
                     if holders

@@ -88,6 +88,8 @@ impl Topology {
 
     /// The nodes that hold session `id` now (see [`Topology::holders_among`]).
     pub fn holders(&self, id: &str) -> Option<Vec<String>> {
+        // Checked first: the `all` topology takes no lock on every session change.
+        self.backups?;
         self.holders_among(&self.members(), id)
     }
 

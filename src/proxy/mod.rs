@@ -530,8 +530,7 @@ async fn open_session(
     store.headers().strip(request.headers_mut());
     let config = store.config();
     let mut opened = (None, SessionHold::default());
-    let path = request.uri().path().to_string();
-    for (id, route) in session_cookie::candidates(request.headers(), &path, config) {
+    for (id, route) in session_cookie::candidates(request.headers(), request.uri().path(), config) {
         let mut hold = SessionHold::default();
         if let Some(cluster) = cluster {
             hold._lock = cluster.lock(store, id).await;
@@ -546,23 +545,32 @@ async fn open_session(
         sticky::remove_cookie(request.headers_mut(), &config.cookie.name);
     }
     if let Some(name) = &config.url_parameter {
-        if sticky::path_parameter(&path, name).is_some() {
-            let kept = session_cookie::without_path_parameter(&path, name);
-            let query = request
-                .uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            let mut parts = request.uri().clone().into_parts();
-            if let Ok(path_and_query) = format!("{kept}{query}").parse() {
-                parts.path_and_query = Some(path_and_query);
-                if let Ok(uri) = http::Uri::from_parts(parts) {
-                    *request.uri_mut() = uri;
-                }
-            }
-        }
+        remove_path_parameter(request, name);
     }
     opened
+}
+
+/// Takes parameter `;name=...` out of `request`'s path, if it has one (the URL form of the
+/// session id, which the backend gets in headers instead).
+fn remove_path_parameter(request: &mut Request<Incoming>, name: &str) {
+    let uri = request.uri();
+    if sticky::path_parameter(uri.path(), name).is_none() {
+        return;
+    }
+    let kept = session_cookie::without_path_parameter(uri.path(), name);
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{kept}?{query}"),
+        None => kept,
+    };
+    // What remains of a valid path is valid; should it not be, the request goes as it came.
+    let Ok(path_and_query) = path_and_query.parse() else {
+        return;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
 }
 
 /// Proxy mode, on the way out: what a backend's response does to the session.

@@ -670,9 +670,14 @@ impl SessionStore {
         true
     }
 
+    /// Whether session `id` is here (live or not yet swept).
+    pub fn contains(&self, id: &str) -> bool {
+        self.sessions.contains_key(id)
+    }
+
     /// Whether session `id` is here, or is remembered as ended.
     pub fn is_known(&self, id: &str) -> bool {
-        self.sessions.contains_key(id) || self.has_ended(id)
+        self.contains(id) || self.has_ended(id)
     }
 
     /// Whether session `id` is remembered as ended (it never comes back).
