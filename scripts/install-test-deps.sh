@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
 # Installs what building and testing tandem needs, when it is missing (Debian packages via
 # apt-get). Called by scripts/test.sh and, before anything compiles, by .ci/run.
+#
+# Only what is missing is installed, and without Debian's recommended packages: prometheus and
+# chromium alone recommend some 150 packages (avahi-daemon, cups helpers, udev, ...), and pulling
+# them in upgrades systemd and perl on the way, which no test needs.
+#
+#   --dry-run   print the apt-get command that would run (nothing when all is there), and stop
 set -euo pipefail
+
+dry_run=false
+case "${1:-}" in
+    --dry-run) dry_run=true ;;
+    "") ;;
+    *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
+esac
 
 need_apt=()
 # A C compiler: mimalloc and a few other dependencies build C code.
@@ -16,16 +29,23 @@ command -v python3 >/dev/null || need_apt+=(python3)
 command -v node >/dev/null || need_apt+=(nodejs)
 # tests/metrics.rs: promtool and a Prometheus server.
 command -v promtool >/dev/null || need_apt+=(prometheus)
-# tests/status_page.rs: the status page in a real browser.
-command -v chromium >/dev/null || need_apt+=(chromium)
+# tests/status_page.rs: the status page in a real browser (and a font, so that its screenshots
+# show text: fonts are only recommended by chromium).
+command -v chromium >/dev/null || need_apt+=(chromium fonts-liberation)
 # tests/tls.rs: curl as a TLS client.
 command -v curl >/dev/null || need_apt+=(curl)
 # tests/soak.rs: wrk (HTTP/1.1) and h2load (HTTP/2) as load generators.
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+
 if [ ${#need_apt[@]} -gt 0 ]; then
+    install=(apt-get install -y -q --no-install-recommends "${need_apt[@]}")
+    if $dry_run; then
+        echo "${install[*]}"
+        exit 0
+    fi
     if [ "$(id -u)" -ne 0 ]; then
-        echo "tandem's tests need: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}" >&2
+        echo "tandem's tests need: ${need_apt[*]}; install them with: sudo ${install[*]}" >&2
         exit 1
     fi
     apt-get update -q
@@ -37,8 +57,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
         chmod +x "$policy"
         trap 'rm -f "$policy"' EXIT
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
+    DEBIAN_FRONTEND=noninteractive "${install[@]}"
 fi
+$dry_run && exit 0
 command -v cargo >/dev/null || {
     echo "tandem's tests need Rust's cargo; install it with rustup (https://rustup.rs)" >&2
     exit 1
