@@ -1,12 +1,12 @@
-//! `least_conn`: the backend with the fewest open requests; ties go round robin, so an idle pool
-//! is still spread evenly.
+//! `least_conn`: the backend with the fewest open requests; ties go round robin over the
+//! backends that take new work, so an idle pool is still spread evenly.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
-use super::{Candidates, Select};
+use super::{next_turn, Candidates, Select};
 
-/// Where the scan for the least loaded backend starts, moved on by each request.
+/// The turn counter that breaks ties, moved on by each request.
 #[derive(Default)]
 pub struct LeastConn {
     next: AtomicUsize,
@@ -14,15 +14,20 @@ pub struct LeastConn {
 
 impl Select for LeastConn {
     fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
-        let n = candidates.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| candidates.usable(i))
-            .min_by_key(|&i| candidates.backends[i].live.in_flight())
+        let rotation = candidates.eligible_indexes();
+        let admitted: Vec<(usize, usize)> = rotation
+            .iter()
+            .copied()
+            .filter(|&i| candidates.admits(i))
+            .map(|i| (i, candidates.backends[i].live.in_flight()))
+            .collect();
+        let fewest = admitted.iter().map(|&(_, open)| open).min()?;
+        let least_busy: Vec<usize> = admitted
+            .iter()
+            .filter(|&&(_, open)| open == fewest)
+            .map(|&(i, _)| i)
+            .collect();
+        next_turn(&self.next, &rotation, &least_busy)
     }
 }
 

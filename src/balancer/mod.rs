@@ -2,6 +2,10 @@
 //!
 //! A selector sees the pool's backends in config order and returns an index of one that is
 //! usable for this request (see [`Candidates::usable`]). Selectors know nothing of sessions.
+//!
+//! The backends that take no new work (draining, stopped, down, ejected, backups while a
+//! primary can serve) are left out before a method picks, so that the others share the work
+//! evenly whatever state those are in; round robin goes round the eligible backends only.
 
 mod ip_hash;
 mod least_conn;
@@ -10,6 +14,7 @@ mod round_robin;
 mod weighted;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::BalanceMethod;
@@ -33,28 +38,35 @@ pub struct Candidates<'a> {
 }
 
 impl Candidates<'_> {
-    /// Whether backend `i` may get this attempt: of the kind (primary or backup) and domain
-    /// asked for, not tried yet, active and up, not ejected, and past its slow start's dice.
-    pub fn usable(&self, i: usize) -> bool {
+    /// Whether backend `i` takes new work in this pick: of the kind (primary or backup) and
+    /// domain asked for, active and up, and not ejected. These backends make up the rotation
+    /// that the turn-taking methods go round.
+    pub fn eligible(&self, i: usize) -> bool {
         let backend = &self.backends[i];
         backend.config.backup == self.backups
             && self
                 .domain
                 .is_none_or(|domain| backend.config.domain.as_deref() == Some(domain))
-            && !self.exclude.contains(&i)
             && backend.takes_new_work()
             && (self.ignore_ejection || !backend.is_ejected())
-            && backend.passes_slow_start(self.slow_start)
     }
 
-    /// How many backends the pool has (usable or not).
-    pub fn len(&self) -> usize {
-        self.backends.len()
+    /// The indexes of the eligible backends, in config order.
+    pub fn eligible_indexes(&self) -> Vec<usize> {
+        (0..self.backends.len())
+            .filter(|&i| self.eligible(i))
+            .collect()
     }
 
-    /// Whether the pool has no backends at all.
-    pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
+    /// Whether this request may go to eligible backend `i`: not tried by it yet, and past its
+    /// slow start's dice (rolled anew on each call).
+    pub fn admits(&self, i: usize) -> bool {
+        !self.exclude.contains(&i) && self.backends[i].passes_slow_start(self.slow_start)
+    }
+
+    /// Whether backend `i` may get this attempt: eligible, and admitted for this request.
+    pub fn usable(&self, i: usize) -> bool {
+        self.eligible(i) && self.admits(i)
     }
 }
 
@@ -75,12 +87,22 @@ pub fn for_method(method: BalanceMethod, backends: &[Arc<Backend>]) -> Box<dyn S
     }
 }
 
-/// The first usable index at or after `start` (wrapping).
-fn first_usable_from(candidates: &Candidates<'_>, start: usize) -> Option<usize> {
-    let n = candidates.len();
-    (0..n)
-        .map(|k| (start + k) % n)
-        .find(|&i| candidates.usable(i))
+/// Turn taking over a rotation, for `round_robin` and `least_conn`'s ties: the next turn of
+/// `turns` that falls on one of `wanted` (a subset of `rotation`).
+///
+/// The rotation is the pool's eligible backends only, and a turn that falls on a backend this
+/// request cannot take (tried already, held back by its slow start, or busier than the least
+/// busy) is skipped, not handed to the next backend in line: handing it on would give that
+/// neighbour two turns per cycle (a draining backend between a and c made it a c c a c c).
+/// `None` only when `wanted` is empty.
+fn next_turn(turns: &AtomicUsize, rotation: &[usize], wanted: &[usize]) -> Option<usize> {
+    let first = *wanted.first()?;
+    // One cycle of turns reaches every backend of the rotation, unless concurrent requests took
+    // some of them: then the first wanted one.
+    (0..rotation.len())
+        .map(|_| rotation[turns.fetch_add(1, Ordering::Relaxed) % rotation.len()])
+        .find(|i| wanted.contains(i))
+        .or(Some(first))
 }
 
 #[cfg(test)]

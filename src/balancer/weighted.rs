@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use super::{Candidates, Select};
 
-/// Each backend's current weight; a request raises every usable backend's current weight by its
+/// Each backend's current weight; a step raises every eligible backend's current weight by its
 /// weight, goes to the highest, and lowers that one by the total.
 pub struct SmoothWeighted {
     current: Mutex<Vec<i64>>,
@@ -22,26 +22,36 @@ impl SmoothWeighted {
 
 impl Select for SmoothWeighted {
     fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
+        let rotation = candidates.eligible_indexes();
+        let admitted: Vec<usize> = rotation
+            .iter()
+            .copied()
+            .filter(|&i| candidates.admits(i))
+            .collect();
+        let first_admitted = *admitted.first()?;
+        let weight = |i: usize| i64::from(candidates.backends[i].config.weight);
+        let total: i64 = rotation.iter().map(|&i| weight(i)).sum();
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for (i, backend) in candidates.backends.iter().enumerate() {
-            if !candidates.usable(i) {
-                continue;
+        // A step that falls on a backend this request cannot take (tried already, held back by
+        // its slow start) is that backend's turn gone, as in round robin: taking the next step
+        // keeps the others' shares exact. A cycle of `total` steps reaches every backend.
+        for _ in 0..total {
+            let mut best = rotation[0];
+            for &i in &rotation {
+                current[i] += weight(i);
+                if current[i] > current[best] {
+                    best = i;
+                }
             }
-            let weight = i64::from(backend.config.weight);
-            current[i] += weight;
-            total += weight;
-            if best.is_none_or(|b| current[i] > current[b]) {
-                best = Some(i);
+            current[best] -= total;
+            if admitted.contains(&best) {
+                return Some(best);
             }
         }
-        let chosen = best?;
-        current[chosen] -= total;
-        Some(chosen)
+        Some(first_admitted)
     }
 }
 
