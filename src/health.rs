@@ -1,6 +1,7 @@
 //! Active health checks: a task per backend probes it every `interval` (±10%), counts
 //! consecutive results, and flips the backend's live `up` state after `fall` failures or `rise`
-//! successes, logging each flip once with its reason. The request path only reads that state.
+//! successes, logging each flip once with its reason. `rise` successes after a passive ejection
+//! also end it, down or not. The request path only reads that state.
 //!
 //! [`HealthChecks`] owns the tasks of one snapshot's pools; dropping it (on reload or shutdown)
 //! stops them. The backends' state itself outlives it, so a reload does not forget who is down.
@@ -90,6 +91,18 @@ impl Probe {
             let result = self.probe().await;
             let outcome = if result.is_ok() { "pass" } else { "fail" };
             health.checks.with_label_values(&labels(outcome)).inc();
+            if self
+                .backend
+                .live
+                .record_probe(result.is_ok(), self.health.rise)
+            {
+                tracing::info!(
+                    pool = %self.pool,
+                    backend = %self.backend.config.address,
+                    rise = self.health.rise,
+                    "backend back in rotation after its passive ejection: passed its health checks"
+                );
+            }
             match result {
                 Ok(()) => {
                     successes += 1;

@@ -44,6 +44,9 @@ pub struct BackendLive {
     window_start_ms: AtomicU64,
     /// Passive checks: [`clock_ms`] until which the backend is out of rotation; 0 when it is not.
     ejected_until_ms: AtomicU64,
+    /// Active checks: probes passed in a row since the last passive ejection began; `rise` of
+    /// them end that ejection.
+    probes_passed_since_ejection: AtomicU32,
     /// [`clock_ms`] when the backend last came back (health UP, ejection over), for slow start;
     /// 0 when it is not ramping up.
     back_since_ms: AtomicU64,
@@ -74,6 +77,7 @@ impl BackendLive {
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            probes_passed_since_ejection: AtomicU32::new(0),
             back_since_ms: AtomicU64::new(0),
             state_override: AtomicU8::new(0),
             sent: AtomicU64::new(0),
@@ -137,6 +141,31 @@ impl BackendLive {
             self.back_since_ms.store(clock_ms(), Ordering::Relaxed);
         }
         changed
+    }
+
+    /// Records an active health probe's result. The `rise`-th probe in a row to pass since a
+    /// passive ejection began ends that ejection, whether or not the backend was ever down: a
+    /// restarted Tomcat that answers its checks again is back in seconds, not after
+    /// `recover_after` (as HAProxy's checks and mod_jk's recovery probes take it back).
+    /// Returns whether an ejection ended.
+    pub fn record_probe(&self, passed: bool, rise: u32) -> bool {
+        let passes = &self.probes_passed_since_ejection;
+        if !passed {
+            passes.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let passed_in_a_row = passes.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        let ended = passed_in_a_row >= rise
+            && until != 0
+            && self
+                .ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if ended {
+            self.back_since_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+        ended
     }
 
     /// Counts a request as open until the returned guard is dropped.
@@ -232,7 +261,7 @@ impl Backend {
 
     /// Counts a failed request (connect error, timeout, reset, or a `fail_on_status` status)
     /// against this backend; `max_fails` of them in a row within `fail_window` eject it for
-    /// `recover_after`.
+    /// `recover_after`, or with active checks until `rise` probes in a row pass after this.
     pub fn record_failure(&self, passive: &PassiveConfig, pool: &str, reason: &str) {
         self.live.note_error(reason);
         if passive.max_fails == 0 {
@@ -249,6 +278,8 @@ impl Backend {
         if fails >= passive.max_fails {
             live.fails.store(0, Ordering::Relaxed);
             let until = now + passive.recover_after.as_millis() as u64;
+            live.probes_passed_since_ejection
+                .store(0, Ordering::Relaxed);
             if live.ejected_until_ms.swap(until, Ordering::Relaxed) == 0 {
                 tracing::warn!(
                     pool,

@@ -209,43 +209,6 @@ struct SplitRow {
 /// Sequential requests per active backend in a row.
 const REQUESTS_PER_ACTIVE: usize = 60;
 
-/// The admin API's view of the backend at `address`.
-async fn backend_status(tandem: &Tandem, address: std::net::SocketAddr) -> serde_json::Value {
-    let answer = get(&client(), &tandem.admin_url("/api/pools")).await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let pools: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
-    pools["pools"][0]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == address.to_string())
-        .cloned()
-        .expect("the backend is in /api/pools")
-}
-
-/// Waits until the admin API shows `key` = `value` for the backend at `address`, sending a
-/// request through tandem on each round when `nudge` (passive checks learn from traffic).
-async fn wait_status(
-    tandem: &Tandem,
-    address: std::net::SocketAddr,
-    key: &str,
-    value: bool,
-    nudge: bool,
-) {
-    let until = Instant::now() + DEADLINE;
-    while backend_status(tandem, address).await[key] != value {
-        assert!(
-            Instant::now() < until,
-            "{address} never had {key} = {value}"
-        );
-        if nudge {
-            get(&client(), &tandem.url("/")).await;
-        } else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// Sets the state of the backend at `address` through the admin API.
 async fn set_state_by_api(tandem: &Tandem, address: std::net::SocketAddr, state: &str) {
     let request =
@@ -294,12 +257,14 @@ async fn check_split(row: &SplitRow) -> Result<(), String> {
     for (backend, is) in backends.iter().zip(row.backends) {
         match is {
             Is::DrainingByApi => set_state_by_api(&tandem, backend.address, "draining").await,
-            Is::Down => wait_status(&tandem, backend.address, "up", false, false).await,
-            Is::Ejected => wait_status(&tandem, backend.address, "ejected", true, true).await,
+            Is::Down => wait_backend_status(&tandem, backend.address, "up", false, false).await,
+            Is::Ejected => {
+                wait_backend_status(&tandem, backend.address, "ejected", true, true).await
+            }
             Is::SlowStarting => {
-                wait_status(&tandem, backend.address, "up", false, false).await;
+                wait_backend_status(&tandem, backend.address, "up", false, false).await;
                 backend.healthy.store(true, Ordering::SeqCst);
-                wait_status(&tandem, backend.address, "up", true, false).await;
+                wait_backend_status(&tandem, backend.address, "up", true, false).await;
             }
             _ => {}
         }

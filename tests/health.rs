@@ -211,3 +211,72 @@ async fn a_backend_its_health_checks_bring_back_is_no_longer_ejected_by_passive_
     }
     assert!(bodies.iter().any(|body| body == "a"), "{bodies:?}");
 }
+
+/// Checks every 100 ms that never reach `fall` in the test's short failure (100 failures in a
+/// row would take 10 s), rise 2, and passive checks that eject on one failure for a minute.
+const EJECT_BUT_NEVER_DOWN: &str = "[pool.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"90ms\"\nfall = 100\nrise = 2\n[pool.passive]\nmax_fails = 1\nrecover_after = \"60s\"\nfail_on_status = [503]\n";
+
+/// A pool of `flaky` and `fine` with the checks above and an admin listener.
+fn eject_but_never_down(flaky: &Backend, fine: &Backend) -> String {
+    config(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        pool("web", "round_robin", EJECT_BUT_NEVER_DOWN, &[flaky, fine])
+    ))
+}
+
+/// Once `flaky`, ejected but never down, is healthy again (its `/health` has just started to
+/// pass from `passed_before` on): the ejection ends after `rise` passing probes, long before
+/// `recover_after`, and `flaky` takes requests again.
+async fn ejection_ends_after_rise_probes(tandem: &Tandem, flaky: &Backend, passed_before: usize) {
+    let healthy_since = Instant::now();
+    wait_backend_status(tandem, flaky.address, "ejected", false, false).await;
+    assert!(
+        healthy_since.elapsed() < Duration::from_secs(5),
+        "the ejection ended only after {:?}",
+        healthy_since.elapsed()
+    );
+    assert!(
+        flaky.health_passed.load(Ordering::SeqCst) - passed_before >= 2,
+        "the ejection ended before `rise` probes passed"
+    );
+    assert_eq!(tandem.log_count("backend is DOWN"), 0, "it was never down");
+    let client = client();
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(get(&client, &tandem.url("/")).await.body);
+    }
+    assert!(bodies.iter().any(|body| body == "flaky"), "{bodies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_for_failing_statuses_ends_after_rise_passing_probes() {
+    let flaky = Backend::start("flaky").await;
+    let fine = Backend::start("fine").await;
+    let tandem = Tandem::start(&eject_but_never_down(&flaky, &fine));
+    let client = client();
+    // flaky answers 503 for a moment: a proxied request to it ejects it; its probes fail too,
+    // but far fewer than `fall` of them.
+    flaky.healthy.store(false, Ordering::SeqCst);
+    let until = Instant::now() + DEADLINE;
+    while backend_status(&tandem, flaky.address).await["ejected"] != true {
+        assert!(Instant::now() < until, "flaky was never ejected");
+        get(&client, &tandem.url("/health")).await;
+    }
+    let passed_before = flaky.health_passed.load(Ordering::SeqCst);
+    flaky.healthy.store(true, Ordering::SeqCst);
+    ejection_ends_after_rise_probes(&tandem, &flaky, passed_before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_of_a_backend_that_restarted_ends_after_rise_passing_probes() {
+    let flaky = Backend::start("flaky").await;
+    let fine = Backend::start("fine").await;
+    let tandem = Tandem::start(&eject_but_never_down(&flaky, &fine));
+    // Killed (connections refused): a request to it ejects it, and is retried on fine.
+    flaky.kill().await;
+    wait_backend_status(&tandem, flaky.address, "ejected", true, true).await;
+    // Back on the same port a moment later, as a restarted Tomcat.
+    let listener = tokio::net::TcpListener::bind(flaky.address).await.unwrap();
+    let restarted = Backend::serve("flaky", listener);
+    ejection_ends_after_rise_probes(&tandem, &restarted, 0).await;
+}

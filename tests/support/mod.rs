@@ -983,3 +983,41 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port in 20000-31999");
 }
+
+/// The admin API's view (`GET /api/pools`) of the backend at `address`, in any pool.
+pub async fn backend_status(tandem: &Tandem, address: SocketAddr) -> serde_json::Value {
+    let answer = get(&client(), &tandem.admin_url("/api/pools")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let pools: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    pools["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|pool| pool["backends"].as_array().unwrap())
+        .find(|b| b["address"] == address.to_string())
+        .cloned()
+        .expect("the backend is in /api/pools")
+}
+
+/// Waits until the admin API shows `key` = `value` for the backend at `address`, sending a
+/// request through tandem on each round when `nudge` (passive checks learn from traffic).
+pub async fn wait_backend_status(
+    tandem: &Tandem,
+    address: SocketAddr,
+    key: &str,
+    value: bool,
+    nudge: bool,
+) {
+    let until = Instant::now() + DEADLINE;
+    while backend_status(tandem, address).await[key] != value {
+        assert!(
+            Instant::now() < until,
+            "{address} never had {key} = {value}"
+        );
+        if nudge {
+            get(&client(), &tandem.url("/")).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
