@@ -6,11 +6,11 @@
 //! read-only endpoints below.
 //!
 //! Pools API (JSON): `GET /api/pools` (every pool and backend with its state, health and
-//! open requests) and `GET /api/config` (the running config file, secrets hidden) are open to
-//! clients on loopback and need the token from elsewhere; `PUT
-//! /api/pools/{pool}/backends/{route or address}/state` with `{"state": "draining"}` (a state
-//! that lasts until the config file changes that backend's state) and `POST /api/reload` always
-//! need the token.
+//! open requests) is open to clients on loopback and needs the token from elsewhere; `GET
+//! /api/config` (the running config file, secrets hidden: it still says where the certificates
+//! and keys are and how the cluster is reached), `PUT /api/pools/{pool}/backends/{route or
+//! address}/state` with `{"state": "draining"}` (a state that lasts until the config file changes
+//! that backend's state) and `POST /api/reload` always need the token.
 //!
 //! Session API (JSON; `Authorization: Bearer <admin.token>`, 401 without it):
 //! - `GET /api/sessions?limit=N&after=ID`: a page of live sessions in id order, without their
@@ -150,9 +150,9 @@ impl Admin {
                 response
             }
             (&Method::GET, "/api/pools") if self.may_read(&request, peer) => self.pools(),
-            (&Method::GET, "/api/config") if self.may_read(&request, peer) => text(
+            (&Method::GET, "/api/config") if self.authorized(&request) => text(
                 StatusCode::OK,
-                hide_secrets(&self.runtime.snapshot().config.source),
+                self.runtime.snapshot().config.source_without_secrets(),
             ),
             (&Method::POST, "/api/reload") if self.authorized(&request) => self.reload(),
             (&Method::PUT, path) if path.starts_with("/api/pools/") => {
@@ -409,23 +409,6 @@ fn unauthorized(token_configured: bool) -> Response<Full<Bytes>> {
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
-}
-
-/// The config file's text with the values of `token` and `secret` keys replaced.
-fn hide_secrets(source: &str) -> String {
-    source
-        .lines()
-        .map(|line| {
-            let key = line.split('=').next().unwrap_or("").trim();
-            if line.contains('=') && (key == "token" || key == "secret") {
-                format!("{key} = \"(hidden)\"")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {

@@ -1,5 +1,6 @@
 //! The admin API for pools and backends: states set at runtime (and how they outlive reloads),
-//! a reload on request, the running config, and the token that guards every write.
+//! a reload on request, the running config (secrets hidden), and the token that guards every
+//! write and the config.
 
 mod support;
 
@@ -127,32 +128,150 @@ async fn backend_states_set_through_the_api_drain_stop_and_outlive_reloads() {
     assert_eq!(state_of_a(&tandem).await, "draining");
     tandem.wait_log("the config file changed the backend's state");
 
-    // A broken file is refused, with its errors, and the running config stays.
-    tandem.rewrite_config("[listen]\naddresses = [\"nowhere\"]\n");
+    // A broken file is refused, with all its errors (as on SIGHUP: the same reading), and the
+    // running config stays.
+    tandem.rewrite_config(
+        "[listen]\naddresses = [\"nowhere\"]\nmax_conn = 1\n[[pool]]\nname = \"web\"\nbalanse = \"weighted\"\n",
+    );
     let refused = reload(&tandem, Some(TOKEN)).await;
     assert_eq!(refused.status, 422);
-    assert!(
-        refused.body.contains("listen.addresses[0]"),
-        "{}",
-        refused.body
-    );
+    for key in ["listen.addresses[0]", "listen.max_conn", "pool[0].balanse"] {
+        assert!(refused.body.contains(key), "{key}: {}", refused.body);
+    }
     assert_eq!(state_of_a(&tandem).await, "draining");
 
     running.store(false, Ordering::SeqCst);
     assert_eq!(load.await.unwrap(), 0, "no request failed under load");
 }
 
+/// One spelling of a config holding every secret key tandem has (`admin.token`,
+/// `cluster.secret`, `[pool.sticky] secret` in two `[[pool]]`s), with the values it hides.
+struct Spelling {
+    name: &'static str,
+    config: String,
+    admin_token: &'static str,
+    secrets: [&'static str; 3],
+}
+
+/// Every way TOML lets a file write those keys: tables, inline tables, dotted keys (quoted and
+/// spaced too), arrays of tables and of inline tables, with basic, literal and multi-line strings.
+fn spellings(backend: &str) -> Vec<Spelling> {
+    let cluster_keys = "name = \"shop\"\nnode_id = \"a\"\nlisten = \"127.0.0.1:0\"\n";
+    vec![
+        Spelling {
+            name: "tables",
+            config: format!(
+                "[listen]\naddresses = [\"127.0.0.1:0\"]\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = 'TOKEN-tables-0123456789'\n\n\
+                 [cluster]\n{cluster_keys}secret = \"\"\"\nCLUSTER-tables-0123456789abcdefghijkl\"\"\"\n\n\
+                 [[pool]]\nname = \"web\"\n[pool.sticky]\nmode = \"insert\"\nsecret = \"STICKY-tables-web-0123456789\"\n\
+                 [[pool.backend]]\naddress = \"{backend}\"\n\n\
+                 [[pool]]\nname = \"api\"\npaths = [\"/api\"]\n[pool.sticky]\nmode = \"insert\"\nsecret = '''\nSTICKY-tables-api-0123456789'''\n\
+                 [[pool.backend]]\naddress = \"{backend}\"\n"
+            ),
+            admin_token: "TOKEN-tables-0123456789",
+            secrets: [
+                "CLUSTER-tables-0123456789abcdefghijkl",
+                "STICKY-tables-web-0123456789",
+                "STICKY-tables-api-0123456789",
+            ],
+        },
+        Spelling {
+            name: "inline tables",
+            config: format!(
+                "admin = {{ address = \"127.0.0.1:0\", token = \"TOKEN-inline-0123456789\" }}\n\
+                 cluster = {{ name = \"shop\", node_id = \"a\", listen = \"127.0.0.1:0\", secret = \"CLUSTER-inline-0123456789abcdefghijkl\" }}\n\
+                 [listen]\naddresses = [\"127.0.0.1:0\"]\n\n\
+                 [[pool]]\nname = \"web\"\nsticky = {{ mode = \"insert\", secret = \"STICKY-inline-web-0123456789\" }}\n\
+                 backend = [{{ address = \"{backend}\" }}]\n\n\
+                 [[pool]]\nname = \"api\"\npaths = [\"/api\"]\nsticky = {{ mode = \"insert\", secret = \"STICKY-inline-api-0123456789\" }}\n\
+                 [[pool.backend]]\naddress = \"{backend}\"\n"
+            ),
+            admin_token: "TOKEN-inline-0123456789",
+            secrets: [
+                "CLUSTER-inline-0123456789abcdefghijkl",
+                "STICKY-inline-web-0123456789",
+                "STICKY-inline-api-0123456789",
+            ],
+        },
+        Spelling {
+            name: "dotted keys",
+            config: format!(
+                "admin.address = \"127.0.0.1:0\"\nadmin.token = \"TOKEN-dotted-0123456789\"\n\
+                 cluster.name = \"shop\"\ncluster.node_id = \"a\"\ncluster.listen = \"127.0.0.1:0\"\n\
+                 cluster . secret = \"CLUSTER-dotted-0123456789abcdefghijkl\"\n\
+                 listen.addresses = [\"127.0.0.1:0\"]\n\n\
+                 [[pool]]\nname = \"web\"\nsticky.mode = \"insert\"\nsticky.secret = \"STICKY-dotted-web-0123456789\"\n\
+                 [[pool.backend]]\naddress = \"{backend}\"\n\n\
+                 [[pool]]\nname = \"api\"\npaths = [\"/api\"]\nsticky.mode = \"insert\"\n\"sticky\".'secret' = \"STICKY-dotted-api-0123456789\"\n\
+                 [[pool.backend]]\naddress = \"{backend}\"\n"
+            ),
+            admin_token: "TOKEN-dotted-0123456789",
+            secrets: [
+                "CLUSTER-dotted-0123456789abcdefghijkl",
+                "STICKY-dotted-web-0123456789",
+                "STICKY-dotted-api-0123456789",
+            ],
+        },
+        Spelling {
+            name: "array of inline tables",
+            config: format!(
+                "pool = [\n  {{ name = \"web\", sticky = {{ mode = \"insert\", secret = \"STICKY-array-web-0123456789\" }}, backend = [{{ address = \"{backend}\" }}] }},\n  \
+                 {{ name = \"api\", paths = [\"/api\"], sticky.mode = \"insert\", sticky.secret = \"STICKY-array-api-0123456789\", backend = [{{ address = \"{backend}\" }}] }},\n]\n\
+                 [listen]\naddresses = [\"127.0.0.1:0\"]\n[admin]\naddress = \"127.0.0.1:0\"\n\"token\" = \"TOKEN-array-0123456789\"\n\
+                 [cluster]\n{cluster_keys}secret = \"CLUSTER-array-0123456789abcdefghijkl\"\n"
+            ),
+            admin_token: "TOKEN-array-0123456789",
+            secrets: [
+                "CLUSTER-array-0123456789abcdefghijkl",
+                "STICKY-array-web-0123456789",
+                "STICKY-array-api-0123456789",
+            ],
+        },
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_running_config_is_shown_without_its_secrets() {
+async fn the_running_config_needs_the_token_and_hides_every_secret_in_every_spelling() {
     let backend = Backend::start("a").await;
-    let tandem = Tandem::start(&admin_config(&[&backend], "active"));
-    let answer = get(&client(), &tandem.admin_url("/api/config")).await;
-    assert_eq!(answer.status, 200);
-    assert!(answer.body.contains("[[pool.backend]]"), "{}", answer.body);
-    assert!(
-        answer.body.contains("token = \"(hidden)\""),
-        "{}",
-        answer.body
-    );
-    assert!(!answer.body.contains(TOKEN));
+    for spelling in spellings(&backend.address.to_string()) {
+        let name = spelling.name;
+        let tandem = Tandem::start(&spelling.config);
+        let url = tandem.admin_url("/api/config");
+
+        // Without the token, or with a wrong one, the config is refused, even on loopback.
+        let open = get(&client(), &url).await;
+        assert_eq!(open.status, 401, "{name}: {}", open.body);
+        let wrong = [("authorization", "Bearer wrong-token-wrong-token")];
+        assert_eq!(
+            get_with(&client(), &url, &wrong).await.status,
+            401,
+            "{name}"
+        );
+
+        let authorization = format!("Bearer {}", spelling.admin_token);
+        let answer = get_with(&client(), &url, &[("authorization", &authorization)]).await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+        let mut hidden = spelling.secrets.to_vec();
+        hidden.push(spelling.admin_token);
+        for secret in &hidden {
+            // Past the first word, so that a value cut in two would still be caught.
+            let distinctive = &secret[secret.find('-').unwrap() + 1..];
+            assert!(
+                !answer.body.contains(distinctive),
+                "{name}: {secret} shows in\n{}",
+                answer.body
+            );
+        }
+        // The file's shape stays: still TOML, each secret replaced in its place.
+        assert_eq!(
+            answer.body.matches("\"(hidden)\"").count(),
+            hidden.len(),
+            "{name}:\n{}",
+            answer.body
+        );
+        let shown: toml::Table = toml::from_str(&answer.body)
+            .unwrap_or_else(|e| panic!("{name}: not TOML ({e}):\n{}", answer.body));
+        assert_eq!(shown["pool"].as_array().map(Vec::len), Some(2), "{name}");
+        assert!(answer.body.contains("\"/api\""), "{name}");
+    }
 }

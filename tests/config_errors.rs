@@ -361,3 +361,201 @@ address = "127.0.0.1:9001"
         ],
     );
 }
+
+/// A file, and what `--check` must print for it: each line as (`line: key`, parts of the
+/// message), and how many errors in all. A case is a row: adding one is adding a row.
+struct Case {
+    name: &'static str,
+    config: &'static str,
+    lines: &'static [(&'static str, &'static [&'static str])],
+    count: usize,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "unknown keys in three tables, each with the key it meant",
+        config: r#"[listen]
+addresses = ["127.0.0.1:8080"]
+max_conn = 10
+[[pool]]
+name = "web"
+balanse = "weighted"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+lbfactor = 2
+"#,
+        lines: &[
+            (
+                "3: listen.max_conn",
+                &["unknown key", "did you mean `max_connections`?"],
+            ),
+            (
+                "6: pool[0].balanse",
+                &["unknown key", "did you mean `balance`?"],
+            ),
+            (
+                "9: pool[0].backend[0].lbfactor",
+                &["did you mean `weight`?"],
+            ),
+        ],
+        count: 3,
+    },
+    Case {
+        name: "wrong types, an unknown key and a bad value, all at once",
+        config: r#"[listen]
+addresses = ["127.0.0.1:8080"]
+max_connections = "many"
+[[pool]]
+name = "web"
+timeout = "2s"
+[pool.health]
+path = "/health"
+rise = "two"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+weight = 0
+"#,
+        lines: &[
+            (
+                "3: listen.max_connections",
+                &["invalid type", "expected an integer"],
+            ),
+            (
+                "6: pool[0].timeout",
+                &["unknown key `timeout`", "known keys:"],
+            ),
+            ("9: pool[0].health.rise", &["expected an integer"]),
+            ("12: pool[0].backend[0].weight", &["not a weight"]),
+        ],
+        count: 4,
+    },
+    Case {
+        name: "inline tables, dotted keys and arrays are read the same",
+        config: r#"admin = { address = "127.0.0.1:9090", tokn = "admin-token-0123456789" }
+[listen]
+addresses = ["127.0.0.1:8080"]
+[[pool]]
+name = "web"
+hosts = [1]
+sticky.mod = "insert"
+backend = [{ address = "127.0.0.1:9001", state = "disabled" }]
+"#,
+        lines: &[
+            ("1: admin.tokn", &["did you mean `token`?"]),
+            ("6: pool[0].hosts[0]", &["expected a string"]),
+            ("7: pool[0].sticky.mod", &["did you mean `mode`?"]),
+            ("8: pool[0].backend[0].state", &["did you mean `draining`?"]),
+        ],
+        count: 4,
+    },
+    Case {
+        name: "a missing key does not hide the next table's errors nor shift its index",
+        config: r#"[listen]
+addresses = ["127.0.0.1:8080"]
+[[pool]]
+[[pool.backend]]
+address = "127.0.0.1:9001"
+[[pool]]
+name = "api"
+colour = "blue"
+[[pool.backend]]
+route = "a"
+"#,
+        lines: &[
+            ("3: pool[0].name", &["is required"]),
+            ("8: pool[1].colour", &["unknown key"]),
+            ("9: pool[1].backend[0].address", &["is required"]),
+        ],
+        count: 3,
+    },
+    Case {
+        name: "every missing key of one table",
+        config: "[listen]
+addresses = [\"127.0.0.1:8080\"]
+[cluster]
+name = \"shop\"
+",
+        lines: &[
+            ("3: cluster.node_id", &["is required"]),
+            ("3: cluster.listen", &["is required"]),
+        ],
+        count: 2,
+    },
+    Case {
+        name: "a syntax error stops the reading and says where",
+        config: "[listen]\naddresses = [\"127.0.0.1:8080\"]\n[[pool]]\nname = \"web\nfoo = 1\n",
+        lines: &[("4: name", &["invalid basic string"])],
+        count: 1,
+    },
+    Case {
+        name: "mod_jk's and HAProxy's words get tandem's",
+        config: r#"[listen]
+addresses = ["127.0.0.1:8080"]
+[[pool]]
+name = "web"
+balance = "leastconn"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+state = "disabled"
+[[pool.backend]]
+address = "127.0.0.1:9002"
+activation = "S"
+[[pool]]
+name = "api"
+paths = ["/api"]
+balance = "roundrobin"
+[pool.health]
+path = "/"
+inter = "2s"
+[[pool.backend]]
+address = "127.0.0.1:9003"
+state = "S"
+[[pool]]
+name = "static"
+paths = ["/static"]
+balance = "source"
+reply_timeout = "5s"
+[[pool.backend]]
+address = "127.0.0.1:9004"
+"#,
+        lines: &[
+            ("5: pool[0].balance", &["did you mean `least_conn`?"]),
+            ("8: pool[0].backend[0].state", &["did you mean `draining`?"]),
+            (
+                "11: pool[0].backend[1].activation",
+                &["did you mean `state`?"],
+            ),
+            ("15: pool[1].balance", &["did you mean `round_robin`?"]),
+            ("18: pool[1].health.inter", &["did you mean `interval`?"]),
+            ("21: pool[1].backend[0].state", &["did you mean `stopped`?"]),
+            ("25: pool[2].balance", &["did you mean `ip_hash`?"]),
+            (
+                "26: pool[2].reply_timeout",
+                &["did you mean `response_timeout`?"],
+            ),
+        ],
+        count: 8,
+    },
+];
+
+#[test]
+fn every_error_of_a_file_is_listed_at_once_with_its_line_key_and_a_suggestion() {
+    for case in CASES {
+        let (code, _, stderr) = check(case.config);
+        let name = case.name;
+        assert_eq!(code, 78, "{name}:\n{stderr}");
+        for (at, parts) in case.lines {
+            // `file:line: key: message`, the key whole.
+            let prefix = format!("bad.toml:{at}: ");
+            let found = stderr.lines().find(|line| line.contains(&prefix));
+            let Some(line) = found else {
+                panic!("{name}: no `{prefix}` in:\n{stderr}");
+            };
+            for part in *parts {
+                assert!(line.contains(part), "{name}: `{part}` not in `{line}`");
+            }
+        }
+        let count = format!("{} error(s)", case.count);
+        assert!(stderr.contains(&count), "{name}: not {count}:\n{stderr}");
+    }
+}

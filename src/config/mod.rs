@@ -1,12 +1,15 @@
 //! Configuration: the TOML file, read into raw serde structs, then validated into a typed [`Config`].
 //!
-//! Validation collects every problem it finds instead of stopping at the first, and each
-//! [`ConfigError`] names the file, the line and the dotted key, so that `tandem --check` can print a
-//! complete list. A `Config` that exists is valid: the rest of tandem never re-checks it.
+//! Reading (`document.rs`) and validation collect every problem they find instead of stopping at
+//! the first, and each [`ConfigError`] names the file, the line and the dotted key, so that
+//! `tandem --check` (and a refused reload) can print a complete list. A `Config` that exists is
+//! valid: the rest of tandem never re-checks it.
 
 mod cluster;
+mod document;
 mod raw;
 mod session;
+mod suggest;
 mod units;
 
 use std::collections::{HashMap, HashSet};
@@ -425,28 +428,25 @@ impl Config {
             text,
             errors: Vec::new(),
         };
-        let raw: RawConfig = match toml::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let line = e.span().map(|span| check.line_of(span.start));
-                let message = e.message().to_string();
-                return Err(ConfigErrors(vec![ConfigError {
-                    file: path.to_path_buf(),
-                    line,
-                    key: key_of_toml_error(text, e.span()),
-                    message,
-                }]));
+        // Shape errors (unknown keys, wrong types) and value errors are listed together.
+        let config = check.read().map(|raw| check.config(raw));
+        match config {
+            Some(mut config) if check.errors.is_empty() => {
+                config.path = path.to_path_buf();
+                config.source = text.to_string();
+                Ok(config)
             }
-        };
-        let mut config = check.config(raw);
-        config.path = path.to_path_buf();
-        config.source = text.to_string();
-        if check.errors.is_empty() {
-            Ok(config)
-        } else {
-            check.errors.sort_by_key(|error| error.line);
-            Err(ConfigErrors(check.errors))
+            _ => {
+                check.errors.sort_by_key(|error| error.line);
+                Err(ConfigErrors(check.errors))
+            }
         }
+    }
+
+    /// The config file's text with the value of every secret key replaced by `"(hidden)"`,
+    /// however the file spells it; everything else as written.
+    pub fn source_without_secrets(&self) -> String {
+        document::hide_secrets(&self.source)
     }
 }
 
@@ -641,11 +641,12 @@ impl Checker<'_> {
     }
 
     fn listen(&mut self, raw: raw::RawListen) -> ListenConfig {
-        let addresses_span = raw.addresses.span();
+        let addresses_span = raw.addresses.as_ref().map(Spanned::span);
         let mut addresses = Vec::new();
         let plain = raw
             .addresses
-            .into_inner()
+            .map(Spanned::into_inner)
+            .unwrap_or_default()
             .into_iter()
             .map(|a| ("addresses", a));
         let tls = raw.tls_addresses.unwrap_or_default();
@@ -677,7 +678,7 @@ impl Checker<'_> {
         }
         if addresses.is_empty() && tls_addresses.is_empty() && self.errors.is_empty() {
             self.error(
-                Some(addresses_span),
+                addresses_span,
                 "listen.addresses",
                 "at least one address (or tls_address) is required",
             );
@@ -888,9 +889,10 @@ impl Checker<'_> {
                 None => {
                     let names: Vec<&str> = BalanceMethod::NAMES.iter().map(|(n, _)| *n).collect();
                     let message = format!(
-                        "unknown balance method `{}`; expected one of {}",
+                        "unknown balance method `{}`; expected one of {}{}",
                         balance.get_ref(),
-                        names.join(", ")
+                        names.join(", "),
+                        suggest::hint("pool.balance", balance.get_ref(), &names)
                     );
                     self.error(Some(balance.span()), format!("{prefix}.balance"), message);
                     BalanceMethod::RoundRobin
@@ -1217,8 +1219,14 @@ impl Checker<'_> {
             Some("off") => return None,
             Some(other) => {
                 let span = raw.mode.as_ref().map(Spanned::span);
-                let message =
-                    format!("unknown sticky mode `{other}`; expected route, learn, insert or off");
+                let hint = suggest::hint(
+                    "pool.sticky.mode",
+                    other,
+                    &["route", "learn", "insert", "off"],
+                );
+                let message = format!(
+                    "unknown sticky mode `{other}`; expected route, learn, insert or off{hint}"
+                );
                 self.error(span, format!("{prefix}.sticky.mode"), message);
                 StickyMode::Route
             }
@@ -1385,9 +1393,11 @@ impl Checker<'_> {
         let state = match &raw.state {
             None => BackendState::Active,
             Some(name) => BackendState::parse(name.get_ref()).unwrap_or_else(|| {
+                let names = BackendState::NAMES.map(|(known, _)| known);
                 let message = format!(
-                    "unknown state `{}`; expected active, draining or stopped",
-                    name.get_ref()
+                    "unknown state `{}`; expected active, draining or stopped{}",
+                    name.get_ref(),
+                    suggest::hint("pool.backend.state", name.get_ref(), &names)
                 );
                 self.error(Some(name.span()), format!("{prefix}.state"), message);
                 BackendState::Active

@@ -1,15 +1,23 @@
 //! The config file exactly as written: serde structs with `deny_unknown_fields`.
 //!
-//! Every value that validation may reject is kept `Spanned`, so that its error can name the line it
-//! stands on. Nothing here is checked beyond TOML types; `validate` turns this into a `Config`.
+//! These structs are the file's only schema: `document.rs` reads the file into them and reports
+//! every key they refuse. Every value that validation may reject is kept `Spanned`, so that its
+//! error can name the line it stands on. Nothing here is checked beyond TOML types; the `Checker`
+//! turns this into a `Config`.
 
 use serde::Deserialize;
 use toml::Spanned;
+
+/// Names of the keys whose values are secrets: `admin.token`, `cluster.secret` and
+/// `[pool.sticky] secret`. The admin API's view of the running config hides the value of every
+/// key so named, wherever it stands: a new secret key gets one of these names, or is added here.
+pub const SECRET_KEYS: &[&str] = &["token", "secret"];
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    #[serde(default)]
     pub listen: RawListen,
     #[serde(default)]
     pub log: RawLog,
@@ -32,6 +40,7 @@ pub struct RawCluster {
     pub peers: Option<Vec<Spanned<String>>>,
     pub dns: Option<Spanned<String>>,
     pub dns_interval: Option<Spanned<String>>,
+    /// A secret (see [`SECRET_KEYS`]).
     pub secret: Option<Spanned<String>>,
     pub heartbeat_interval: Option<Spanned<String>>,
     pub drop_after: Option<Spanned<String>>,
@@ -91,16 +100,16 @@ pub enum RawSecure {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: Option<Spanned<String>>,
+    /// A secret (see [`SECRET_KEYS`]).
     pub token: Option<Spanned<String>>,
     pub tls: Option<Spanned<bool>>,
 }
 
 /// `[listen]`: the public listeners and the limits every client connection is held to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
-    #[serde(default = "no_addresses")]
-    pub addresses: Spanned<Vec<Spanned<String>>>,
+    pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls_addresses: Option<Vec<Spanned<String>>>,
     pub redirect_to_https: Option<bool>,
     pub certificate: Option<Vec<RawCertificate>>,
@@ -113,10 +122,6 @@ pub struct RawListen {
     pub max_headers: Option<Spanned<i64>>,
     pub max_uri_length: Option<Spanned<RawSize>>,
     pub shutdown_timeout: Option<Spanned<String>>,
-}
-
-fn no_addresses() -> Spanned<Vec<Spanned<String>>> {
-    Spanned::new(0..0, Vec::new())
 }
 
 /// `[[listen.certificate]]`: a PEM certificate chain and its key.
@@ -222,6 +227,7 @@ pub struct RawSticky {
     pub table_ttl: Option<Spanned<String>>,
     pub table_max: Option<Spanned<i64>>,
     pub force: Option<bool>,
+    /// A secret (see [`SECRET_KEYS`]).
     pub secret: Option<Spanned<String>>,
 }
 
