@@ -1,4 +1,8 @@
-//! The body of every response tandem sends: a backend's streamed body or tandem's own short text.
+//! The body of every response tandem sends: a backend's streamed body or tandem's own short text;
+//! and the body of every request it sends a backend.
+//!
+//! In proxy mode both take the session fields out of the trailers they relay, as the heads lose
+//! them (`SessionHeaders::strip`): a trailer is a header that comes late, not a way around.
 //!
 //! It carries the request's [`Completion`], dropped when the body has been sent or abandoned:
 //! that is when the access-log line is written (with the bytes really sent) and the backend's
@@ -19,6 +23,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::metrics::{self, Metrics};
 use crate::pool::{Backend, InFlight};
 use crate::server::OpenRequest;
+use crate::session::contract::SessionHeaders;
 
 pin_project_lite::pin_project! {
     /// A response body plus what must happen when it is done.
@@ -26,6 +31,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner,
         completion: Completion,
+        // In proxy mode: the session fields to take out of the backend's trailers.
+        session_fields: Option<Arc<SessionHeaders>>,
     }
 }
 
@@ -38,11 +45,17 @@ pin_project_lite::pin_project! {
 }
 
 impl ResponseBody {
-    /// A backend's body, relayed as it arrives.
-    pub fn upstream(body: Incoming, completion: Completion) -> ResponseBody {
+    /// A backend's body, relayed as it arrives; in proxy mode, `session_fields` are taken out
+    /// of its trailers.
+    pub fn upstream(
+        body: Incoming,
+        completion: Completion,
+        session_fields: Option<Arc<SessionHeaders>>,
+    ) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream { body },
             completion,
+            session_fields,
         }
     }
 
@@ -53,6 +66,19 @@ impl ResponseBody {
                 body: Full::new(Bytes::from_static(text.as_bytes())),
             },
             completion,
+            session_fields: None,
+        }
+    }
+}
+
+/// Takes `session_fields` out of `polled` if it is a trailers frame.
+fn strip_trailers<E>(
+    polled: &mut Poll<Option<Result<Frame<Bytes>, E>>>,
+    session_fields: Option<&SessionHeaders>,
+) {
+    if let (Some(session_fields), Poll::Ready(Some(Ok(frame)))) = (session_fields, polled) {
+        if let Some(trailers) = frame.trailers_mut() {
+            session_fields.strip(trailers);
         }
     }
 }
@@ -66,10 +92,11 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
-        let polled = match this.inner.project() {
+        let mut polled = match this.inner.project() {
             InnerProj::Upstream { body } => body.poll_frame(cx),
             InnerProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
         };
+        strip_trailers(&mut polled, this.session_fields.as_deref());
         let handed_over = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let data = frame.data_ref().map_or(0, |d| d.len());
@@ -116,6 +143,8 @@ pub enum RequestBody {
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
         /// Set once the whole body has been handed over.
         finished: Arc<std::sync::atomic::AtomicBool>,
+        /// In proxy mode: the session fields to take out of the client's trailers.
+        session_fields: Option<Arc<SessionHeaders>>,
     },
     /// A whole body held in memory (empty for a request without one); taken when sent.
     Buffered {
@@ -168,13 +197,15 @@ impl Body for RequestBody {
                 idle_timeout,
                 idle,
                 finished,
+                session_fields,
             } => {
                 if taken.is_none() {
                     *taken = unsent.lock().unwrap_or_else(|p| p.into_inner()).take();
                 }
                 match taken {
                     Some(body) => {
-                        let polled = Pin::new(body).poll_frame(cx);
+                        let mut polled = Pin::new(body).poll_frame(cx);
+                        strip_trailers(&mut polled, session_fields.as_deref());
                         match &polled {
                             Poll::Ready(Some(Ok(frame))) => {
                                 received.inc_by(frame.data_ref().map_or(0, |d| d.len() as u64));

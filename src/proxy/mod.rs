@@ -98,7 +98,12 @@ impl ProxyService {
                 let (parts, body) = response.into_parts();
                 completion.status = parts.status;
                 completion.in_flight = Some(in_flight);
-                Response::from_parts(parts, ResponseBody::upstream(body, completion))
+                let session_fields =
+                    (self.runtime.sessions.as_ref()).map(|s| Arc::clone(s.headers()));
+                Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, completion, session_fields),
+                )
             }
             Err(error) => {
                 let status = error.status();
@@ -188,7 +193,13 @@ impl ProxyService {
             Resend::Whole(replay)
         } else {
             let idle_timeout = snapshot.config.listen.body_idle_timeout;
-            Resend::Streamed(Streamed::new(request, received, idle_timeout))
+            let session_fields = store.map(|store| Arc::clone(store.headers()));
+            Resend::Streamed(Streamed::new(
+                request,
+                received,
+                idle_timeout,
+                session_fields,
+            ))
         };
         let mut tried: Vec<usize> = Vec::new();
         // A session whose owner cannot serve it fails over in mod_jk's order.
@@ -788,15 +799,18 @@ struct Streamed {
     body: Arc<std::sync::Mutex<Option<Incoming>>>,
     received: prometheus::IntCounter,
     idle_timeout: std::time::Duration,
+    session_fields: Option<Arc<session::contract::SessionHeaders>>,
 }
 
 impl Streamed {
     /// Holds `request`; `received` counts its body bytes as they are relayed, and the body is
-    /// cut off after `idle_timeout` without a byte.
+    /// cut off after `idle_timeout` without a byte; in proxy mode, `session_fields` are taken
+    /// out of its trailers.
     fn new(
         request: Request<Incoming>,
         received: prometheus::IntCounter,
         idle_timeout: std::time::Duration,
+        session_fields: Option<Arc<session::contract::SessionHeaders>>,
     ) -> Streamed {
         let (parts, body) = request.into_parts();
         Streamed {
@@ -806,6 +820,7 @@ impl Streamed {
             body: Arc::new(std::sync::Mutex::new(Some(body))),
             received,
             idle_timeout,
+            session_fields,
         }
     }
 
@@ -825,6 +840,7 @@ impl Streamed {
                 idle_timeout: self.idle_timeout,
                 idle: None,
                 finished: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                session_fields: self.session_fields.clone(),
             });
             *request.method_mut() = self.method.clone();
             *request.uri_mut() = self.uri.clone();

@@ -8,12 +8,14 @@
 //!   `<prefix>-command` (`invalidate` or `renew`), `<prefix>-idle-timeout` and
 //!   `<prefix>-absolute-timeout` (whole seconds).
 //!
-//! Any header starting with the prefix is removed from what clients send and from what backends
-//! answer, so that a client can neither speak for tandem nor see what backends tell it.
+//! Any field starting with the prefix is removed from what clients send and from what backends
+//! answer, heads and trailers alike (and from the `Trailer` list that announces trailers), so
+//! that a client can neither speak for tandem nor see what backends tell it. 1xx interim
+//! responses never reach the client at all (hyper's client does not relay them).
 
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, TRAILER};
 use serde_json::{Map, Value};
 
 use super::Rejection;
@@ -79,30 +81,61 @@ impl SessionHeaders {
         }
     }
 
-    /// Removes every header whose name starts with the prefix (names are lowercase in
-    /// `HeaderMap`, whatever case they were sent in).
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        let found: Vec<HeaderName> = headers
+    /// Removes every field whose name starts with the prefix (names are lowercase in
+    /// `HeaderMap`, whatever case they were sent in), and the session names from the `Trailer`
+    /// list announcing fields to come after the body (a `Trailer` left naming nothing goes).
+    /// Used on heads and on trailers alike, so that neither kind carries a session field across.
+    pub fn strip(&self, fields: &mut HeaderMap) {
+        let found: Vec<HeaderName> = fields
             .keys()
-            .filter(|name| self.is_session_header(name))
+            .filter(|name| self.is_session_name(name.as_str().as_bytes()))
             .cloned()
             .collect();
         for name in found {
-            headers.remove(name);
+            fields.remove(name);
+        }
+        self.unannounce(fields);
+    }
+
+    /// Takes the session names out of `Trailer`: a peer told of them would wait for them, and
+    /// an HTTP/1.1 sender relays only the trailers its `Trailer` names.
+    fn unannounce(&self, fields: &mut HeaderMap) {
+        let Entry::Occupied(announced) = fields.entry(TRAILER) else {
+            return;
+        };
+        if !announced
+            .iter()
+            .any(|value| listed(value).any(|name| self.is_session_name(name)))
+        {
+            return;
+        }
+        let kept: Vec<HeaderValue> = announced
+            .iter()
+            .filter_map(|value| {
+                let names: Vec<&[u8]> = listed(value)
+                    .filter(|name| !self.is_session_name(name))
+                    .collect();
+                // What remains of a valid value is valid.
+                HeaderValue::from_bytes(&names.join(&b", "[..]))
+                    .ok()
+                    .filter(|value| !value.is_empty())
+            })
+            .collect();
+        announced.remove();
+        for value in kept {
+            fields.append(TRAILER, value);
         }
     }
 
-    /// Whether `name` is a session header, spelled with `-` or `_`: CGI, WSGI, PHP and Rack
-    /// read `X_Tandem_Session_Data` as the same variable as `x-tandem-session-data`, so a
-    /// client must not get that spelling past tandem either.
-    fn is_session_header(&self, name: &HeaderName) -> bool {
-        let name = name.as_str().as_bytes();
+    /// Whether field name `name` (any case) is a session field, spelled with `-` or `_`: CGI,
+    /// WSGI, PHP and Rack read `X_Tandem_Session_Data` as the same variable as
+    /// `x-tandem-session-data`, so a client must not get that spelling past tandem either.
+    fn is_session_name(&self, name: &[u8]) -> bool {
         let prefix = self.prefix.as_bytes();
         name.len() >= prefix.len()
-            && name
-                .iter()
-                .zip(prefix)
-                .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+            && name.iter().zip(prefix).all(|(&sent, &ours)| {
+                sent.to_ascii_lowercase() == ours || (sent == b'_' && ours == b'-')
+            })
     }
 
     /// Hands a live session to the backend.
@@ -114,14 +147,20 @@ impl SessionHeaders {
         headers.insert(self.data.clone(), data);
     }
 
-    /// Takes the backend's session headers out of `headers` and reads them. All of them go
+    /// Takes the backend's session headers out of `headers` (a response head: an update is
+    /// never read from trailers, which are only stripped) and reads them. All of them go
     /// whether or not they make sense; what does not is refused whole.
     pub fn take_update(
         &self,
         headers: &mut HeaderMap,
         limits: &SessionConfig,
     ) -> Result<Update, Rejection> {
-        if !headers.keys().any(|name| self.is_session_header(name)) {
+        if !headers
+            .keys()
+            .any(|name| self.is_session_name(name.as_str().as_bytes()))
+        {
+            // A `Trailer` naming session fields may still be there.
+            self.unannounce(headers);
             return Ok(Update::default());
         }
         let patch = headers.remove(&self.patch);
@@ -163,6 +202,14 @@ impl SessionHeaders {
                 .transpose()?,
         })
     }
+}
+
+/// The field names a `Trailer` value lists, on its bytes.
+fn listed(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    let names = value.as_bytes().split(|&byte| byte == b',');
+    names
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty())
 }
 
 /// A merge patch from a header: a JSON object, in ASCII with `\u` escapes or in raw UTF-8.
@@ -226,4 +273,36 @@ fn read_timeout(value: &HeaderValue, which: &str, most: Duration) -> Result<Dura
         )));
     }
     Ok(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_fields_go_from_the_trailer_list_in_any_case_and_spelling() {
+        let headers = SessionHeaders::new("x-tandem-session");
+        let cases: [(&[&str], &[&str]); 4] = [
+            (&["x-checksum, X-Tandem-Session-Patch"], &["x-checksum"]),
+            (
+                &["x_tandem_session_id", "etag , grpc-status"],
+                &["etag, grpc-status"],
+            ),
+            (&["X-TANDEM-SESSION-DATA, x-tandem-session"], &[]),
+            (&["x-tandem-sessions-are-mine, etag"], &["etag"]),
+        ];
+        for (sent, kept) in cases {
+            let mut fields = HeaderMap::new();
+            for value in sent {
+                fields.append(TRAILER, HeaderValue::from_static(value));
+            }
+            headers.strip(&mut fields);
+            let left: Vec<&str> = fields
+                .get_all(TRAILER)
+                .iter()
+                .map(|value| value.to_str().unwrap())
+                .collect();
+            assert_eq!(left, kept, "{sent:?}");
+        }
+    }
 }

@@ -307,7 +307,7 @@ const SWEEP_SLICE: usize = 10_000;
 /// The sessions of this node.
 pub struct SessionStore {
     config: SessionConfig,
-    headers: SessionHeaders,
+    headers: Arc<SessionHeaders>,
     sessions: DashMap<Arc<str>, Session>,
     /// Live sessions, kept beside the map so that the count limit is exact under concurrency.
     live: AtomicUsize,
@@ -340,7 +340,7 @@ impl SessionStore {
             hlc: Hlc::new(node_id.unwrap_or("single"), Arc::clone(&clock)),
             ended: ended::EndedIds::new(config.max_sessions),
             replicated: node_id.is_some(),
-            headers: SessionHeaders::new(&config.header_prefix),
+            headers: Arc::new(SessionHeaders::new(&config.header_prefix)),
             config: config.clone(),
             sessions: DashMap::new(),
             live: AtomicUsize::new(0),
@@ -355,8 +355,9 @@ impl SessionStore {
         &self.config
     }
 
-    /// The session headers of the backend contract.
-    pub fn headers(&self) -> &SessionHeaders {
+    /// The session headers of the backend contract (shared with the bodies that strip them
+    /// from trailers).
+    pub fn headers(&self) -> &Arc<SessionHeaders> {
         &self.headers
     }
 

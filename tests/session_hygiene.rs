@@ -1,0 +1,488 @@
+//! Proxy mode's promise that nothing under the session prefix crosses tandem, and that
+//! tandem's cookies never reach a backend, wherever a field can travel: trailers over HTTP/1.1
+//! and HTTP/2 in both directions, the `Trailer` list announcing them, 1xx interim responses,
+//! and Cookie headers whose bytes are not all visible ASCII.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use support::*;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A header field as read off the wire: its name (lowercase) and value.
+type Field = (String, String);
+
+/// Whether `name` is under the session prefix, in either spelling (`-` or `_`), any case.
+fn is_session_field(name: &str) -> bool {
+    name.to_ascii_lowercase()
+        .replace('_', "-")
+        .starts_with("x-tandem-session")
+}
+
+/// Fails unless no field in `fields`, and no name in a `Trailer` list among them, is a session
+/// field.
+fn assert_no_session_field(fields: &[Field], what: &str) {
+    for (name, value) in fields {
+        assert!(!is_session_field(name), "{what}: {name}: {value}");
+        if name == "trailer" {
+            assert!(
+                !value
+                    .split(',')
+                    .any(|listed| is_session_field(listed.trim())),
+                "{what}: trailer: {value}"
+            );
+        }
+    }
+}
+
+fn field<'f>(fields: &'f [Field], name: &str) -> Option<&'f str> {
+    fields
+        .iter()
+        .find(|(found, _)| found == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// One request as a raw backend read it.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    head: Vec<Field>,
+    trailers: Vec<Field>,
+}
+
+/// Reads a message head: its start line and fields; `None` at the end of the stream.
+async fn read_head<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<(String, Vec<Field>)> {
+    let mut start = String::new();
+    if reader.read_line(&mut start).await.ok()? == 0 {
+        return None;
+    }
+    let fields = read_fields(reader).await;
+    Some((start.trim_end().to_string(), fields))
+}
+
+/// Reads `name: value` lines up to an empty one.
+async fn read_fields<R: AsyncBufRead + Unpin>(reader: &mut R) -> Vec<Field> {
+    let mut fields = Vec::new();
+    for _ in 0..200 {
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).await.unwrap();
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end();
+        if line.is_empty() {
+            return fields;
+        }
+        let (name, value) = line.split_once(':').expect("a field line");
+        fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    panic!("too many fields");
+}
+
+/// Reads the body framed by `head` (chunked or Content-Length): its bytes and trailers.
+async fn read_body<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    head: &[Field],
+) -> (Vec<u8>, Vec<Field>) {
+    let mut body = Vec::new();
+    if field(head, "transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        for _ in 0..10_000 {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            let size = line.trim().split(';').next().unwrap();
+            let size = usize::from_str_radix(size, 16).expect("a chunk size");
+            if size == 0 {
+                return (body, read_fields(reader).await);
+            }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await.unwrap();
+            body.extend_from_slice(&chunk[..size]);
+        }
+        panic!("too many chunks");
+    }
+    let length = field(head, "content-length").map_or(0, |n| n.parse().unwrap());
+    body.resize(length, 0);
+    reader.read_exact(&mut body).await.unwrap();
+    (body, Vec::new())
+}
+
+/// A backend written by hand, because hyper would neither send trailers to a request without
+/// `TE: trailers` (tandem forwards none) nor send a 1xx. It records every request with its
+/// trailers and answers by path:
+/// - `/login`: sets the session to `{"n":1}` in its response head;
+/// - `/look`: answers the session data it received;
+/// - `/trailers`: a chunked body with session fields (and `x-checksum`) in its trailers and
+///   its `Trailer` list;
+/// - `/trailers-only-session`: the same with only session fields in the trailers and list;
+/// - `/early`: a `103 Early Hints` carrying session fields, then the answer;
+/// - anything else: `ok`.
+struct RawBackend {
+    address: std::net::SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    async fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(RawBackend::serve(stream, Arc::clone(&record)));
+            }
+        });
+        RawBackend {
+            address,
+            received,
+            task,
+        }
+    }
+
+    async fn serve(stream: TcpStream, record: Arc<Mutex<Vec<Received>>>) {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        while let Some((start, head)) = read_head(&mut reader).await {
+            let (_, trailers) = read_body(&mut reader, &head).await;
+            let path = start.split(' ').nth(1).unwrap_or("/").to_string();
+            let data = field(&head, "x-tandem-session-data")
+                .unwrap_or("-")
+                .to_string();
+            record.lock().unwrap().push(Received {
+                path: path.clone(),
+                head,
+                trailers,
+            });
+            let answer = match path.as_str() {
+                "/login" => with_length("x-tandem-session-patch: {\"n\":1}\r\n", "ok"),
+                "/look" => with_length("", &data),
+                "/trailers" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+                     trailer: x-tandem-session-patch, X_Tandem_Session_Command, x-checksum\r\n\r\n\
+                     5\r\nhello\r\n0\r\n\
+                     x-tandem-session-patch: {\"n\":2}\r\n\
+                     X_Tandem_Session_Command: invalidate\r\n\
+                     x-tandem-session-idle-timeout: 5\r\n\
+                     x-checksum: abc\r\n\r\n"
+                    .to_string(),
+                "/trailers-only-session" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+                     trailer: X-Tandem-Session-Patch\r\n\r\n\
+                     5\r\nhello\r\n0\r\n\
+                     x-tandem-session-patch: {\"n\":3}\r\n\r\n"
+                    .to_string(),
+                "/early" => format!(
+                    "HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\
+                     x-tandem-session-patch: {{\"n\":4}}\r\n\
+                     x_tandem_session_command: invalidate\r\n\r\n{}",
+                    with_length("", "ok")
+                ),
+                _ => with_length("", "ok"),
+            };
+            if write.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The requests received so far on `path`.
+    fn received_on(&self, path: &str) -> Vec<Received> {
+        let received = self.received.lock().unwrap();
+        received
+            .iter()
+            .filter(|request| request.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A 200 with `fields` (whole lines) and `body`, framed by Content-Length.
+fn with_length(fields: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\n{fields}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// tandem in proxy mode in front of `backend`.
+fn proxy_tandem(backend: &RawBackend) -> Tandem {
+    Tandem::start(&config(&format!(
+        "[session]\nmode = \"proxy\"\n\n[[pool]]\nname = \"app\"\n\
+         [[pool.backend]]\naddress = \"{}\"\nroute = \"r1\"\n",
+        backend.address
+    )))
+}
+
+/// What a client saw of one exchange: the heads (interim ones first), and the trailers.
+struct Seen {
+    /// Status and fields of every head received, 1xx included, in order.
+    heads: Vec<(u16, Vec<Field>)>,
+    trailers: Vec<Field>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn head(&self) -> &[Field] {
+        &self.heads.last().expect("a final response").1
+    }
+
+    fn assert_nothing_of_the_session(&self, what: &str) {
+        for (status, head) in &self.heads {
+            assert_no_session_field(head, &format!("{what}, head {status}"));
+        }
+        assert_no_session_field(&self.trailers, &format!("{what}, trailers"));
+    }
+}
+
+/// The client's protocol.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// A request sent by hand: `fields` in its head and, for a body, chunks then `trailers`.
+struct RawRequest<'r> {
+    method: &'r str,
+    path: &'r str,
+    fields: &'r [(&'r str, &'r str)],
+    trailers: &'r [(&'r str, &'r str)],
+}
+
+impl RawRequest<'_> {
+    async fn send(&self, protocol: Protocol, tandem: &Tandem) -> Seen {
+        let exchange = async {
+            match protocol {
+                Protocol::Http1 => self.send_h1(tandem).await,
+                Protocol::Http2 => self.send_h2(tandem).await,
+            }
+        };
+        tokio::time::timeout(DEADLINE, exchange)
+            .await
+            .expect("an answer within the deadline")
+    }
+
+    /// Over HTTP/1.1: a chunked body with a trailer section when there are trailers.
+    async fn send_h1(&self, tandem: &Tandem) -> Seen {
+        let mut request = format!(
+            "{} {} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n",
+            self.method, self.path
+        );
+        for (name, value) in self.fields {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if self.trailers.is_empty() {
+            request.push_str("\r\n");
+        } else {
+            request.push_str("transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n");
+            for (name, value) in self.trailers {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+            request.push_str("\r\n");
+        }
+        let mut stream = TcpStream::connect(tandem.address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut heads = Vec::new();
+        for _ in 0..10 {
+            let (start, head) = read_head(&mut reader).await.expect("a response head");
+            let status: u16 = start.split(' ').nth(1).unwrap().parse().unwrap();
+            heads.push((status, head));
+            if status >= 200 {
+                break;
+            }
+        }
+        let (body, trailers) = read_body(&mut reader, &heads.last().unwrap().1).await;
+        Seen {
+            heads,
+            trailers,
+            body,
+        }
+    }
+
+    /// Over HTTP/2 (h2c): HEADERS, DATA, then trailing HEADERS when there are trailers.
+    async fn send_h2(&self, tandem: &Tandem) -> Seen {
+        let tcp = TcpStream::connect(tandem.address).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        let mut request = http::Request::builder()
+            .method(self.method)
+            .uri(tandem.url(self.path));
+        for (name, value) in self.fields {
+            request = request.header(*name, *value);
+        }
+        let has_body = !self.trailers.is_empty();
+        let (response, mut stream) = h2
+            .send_request(request.body(()).unwrap(), !has_body)
+            .unwrap();
+        if has_body {
+            stream
+                .send_data(Bytes::from_static(b"hello"), false)
+                .unwrap();
+            stream.send_trailers(to_map(self.trailers)).unwrap();
+        }
+        let response = response.await.unwrap();
+        let status = response.status().as_u16();
+        let head = from_map(response.headers());
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.unwrap();
+        Seen {
+            heads: vec![(status, head)],
+            trailers: trailers.as_ref().map(from_map).unwrap_or_default(),
+            body: bytes,
+        }
+    }
+}
+
+fn to_map(fields: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in fields {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        map.append(name, HeaderValue::from_str(value).unwrap());
+    }
+    map
+}
+
+fn from_map(map: &HeaderMap) -> Vec<Field> {
+    map.iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_string(), value)
+        })
+        .collect()
+}
+
+/// The `TANDEMSESSION=...` pair of a session holding `{"n":1}`, made through the backend.
+async fn login(tandem: &Tandem) -> String {
+    let seen = RawRequest {
+        method: "GET",
+        path: "/login",
+        fields: &[],
+        trailers: &[],
+    }
+    .send(Protocol::Http1, tandem)
+    .await;
+    let set = field(seen.head(), "set-cookie").expect("a session cookie");
+    set.split(';').next().unwrap().to_string()
+}
+
+/// What the backend receives as the session's data for a client holding `cookie`.
+async fn session_data(tandem: &Tandem, cookie: &str) -> String {
+    let seen = RawRequest {
+        method: "GET",
+        path: "/look",
+        fields: &[("cookie", cookie)],
+        trailers: &[],
+    }
+    .send(Protocol::Http1, tandem)
+    .await;
+    String::from_utf8(seen.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_fields_in_request_trailers_never_reach_the_backend() {
+    let backend = RawBackend::start().await;
+    let tandem = proxy_tandem(&backend);
+    let forged = [
+        ("x-tandem-session-id", "forged"),
+        ("X-Tandem-Session-Data", "{\"admin\":true}"),
+        ("x_tandem_session_data", "{\"admin\":true}"),
+        ("x-checksum", "abc"),
+    ];
+    // (declared in Trailer, the trailers sent, the Trailer list the backend may get)
+    let rows: [(&str, &[(&str, &str)], Option<&str>); 2] = [
+        (
+            "x-tandem-session-id, X-Tandem-Session-Data, x_tandem_session_data, x-checksum",
+            &forged,
+            Some("x-checksum"),
+        ),
+        (
+            "x-tandem-session-id, X_TANDEM_SESSION_DATA",
+            &forged[..2],
+            None,
+        ),
+    ];
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        for (index, (declared, trailers, kept_list)) in rows.iter().enumerate() {
+            let path = format!("/upload-{protocol:?}-{index}");
+            let seen = RawRequest {
+                method: "POST",
+                path: &path,
+                fields: &[("trailer", declared)],
+                trailers,
+            }
+            .send(protocol, &tandem)
+            .await;
+            assert_eq!(seen.heads.last().unwrap().0, 200, "{path}");
+            let [received] = &backend.received_on(&path)[..] else {
+                panic!("{path} reached the backend once");
+            };
+            let what = format!("{protocol:?}, Trailer: {declared}");
+            assert_no_session_field(&received.head, &what);
+            assert_no_session_field(&received.trailers, &what);
+            assert_eq!(field(&received.head, "trailer"), *kept_list, "{what}");
+            if kept_list.is_some() {
+                // The other trailers still go through.
+                assert_eq!(
+                    field(&received.trailers, "x-checksum"),
+                    Some("abc"),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_fields_in_response_trailers_and_1xx_never_reach_the_client() {
+    let backend = RawBackend::start().await;
+    let tandem = proxy_tandem(&backend);
+    let cookie = login(&tandem).await;
+    assert_eq!(session_data(&tandem, &cookie).await, r#"{"n":1}"#);
+    // (path, the Trailer list and x-checksum trailer the client may get)
+    let rows = [
+        ("/trailers", Some("x-checksum")),
+        ("/trailers-only-session", None),
+        ("/early", None),
+    ];
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        for (path, kept) in rows {
+            let seen = RawRequest {
+                method: "GET",
+                path,
+                fields: &[("te", "trailers"), ("cookie", &cookie)],
+                trailers: &[],
+            }
+            .send(protocol, &tandem)
+            .await;
+            let what = format!("{protocol:?} {path}");
+            seen.assert_nothing_of_the_session(&what);
+            // tandem relays no 1xx at all: the 103 stays between tandem and the backend.
+            assert_eq!(seen.heads.len(), 1, "{what}: one head, the final one");
+            assert_eq!(seen.heads[0].0, 200, "{what}");
+            assert_eq!(field(seen.head(), "trailer"), kept, "{what}");
+            if kept.is_some() {
+                // Trailers do travel: only the session's are held back.
+                assert_eq!(field(&seen.trailers, "x-checksum"), Some("abc"), "{what}");
+            }
+            // A session update is read from the response head only: the patch and the
+            // `invalidate` in the trailers or the 103 changed nothing, so no cookie changes.
+            assert_eq!(field(seen.head(), "set-cookie"), None, "{what}");
+            assert_eq!(session_data(&tandem, &cookie).await, r#"{"n":1}"#, "{what}");
+        }
+    }
+}
