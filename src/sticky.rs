@@ -9,6 +9,7 @@ use http::header::{HeaderMap, COOKIE};
 use sha2::Sha256;
 
 use crate::config::{StickyConfig, StickyMode};
+use crate::session::cookie as session_cookie;
 
 /// Most session ids looked at per request: a request carrying thousands of session cookies
 /// (a flood, or a confused client) costs no more than one carrying a few.
@@ -141,26 +142,29 @@ fn route_mac(secret: &str, pool: &str, route: &str) -> Hmac<Sha256> {
     mac
 }
 
-/// Removes cookie `name` from every Cookie header (tandem's own affinity cookie is not the
-/// backend's business); a header left empty is removed.
+/// Removes cookie `name` from every Cookie header (tandem's own affinity or session cookie is
+/// not the backend's business), however the header's other bytes look and with the name read
+/// as cookie parsers read it; a header left empty is removed.
 pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    let prefix = format!("{name}=");
-    let kept: Vec<http::HeaderValue> = headers
-        .get_all(COOKIE)
+    let named = |piece: &&[u8]| session_cookie::name_and_value(piece).0 == name.as_bytes();
+    let fields = headers.get_all(COOKIE);
+    if !fields
         .iter()
-        .filter_map(|header| {
-            let Ok(text) = header.to_str() else {
-                return Some(header.clone());
-            };
-            let pairs: Vec<&str> = text
-                .split(';')
-                .filter(|pair| !pair.trim().starts_with(&prefix))
+        .any(|field| session_cookie::pieces(field).any(|piece| named(&piece)))
+    {
+        return;
+    }
+    // On bytes: the other cookies go on as they came, whatever bytes they hold.
+    let kept: Vec<http::HeaderValue> = fields
+        .iter()
+        .filter_map(|field| {
+            let others: Vec<&[u8]> = session_cookie::pieces(field)
+                .filter(|piece| !named(piece))
                 .collect();
-            let joined = pairs.join(";");
-            let joined = joined.trim();
-            (!joined.is_empty())
-                .then(|| http::HeaderValue::from_str(joined).ok())
-                .flatten()
+            // What remains of a valid value is valid.
+            http::HeaderValue::from_bytes(others.join(&b';').trim_ascii())
+                .ok()
+                .filter(|value| !value.is_empty())
         })
         .collect();
     headers.remove(COOKIE);

@@ -403,21 +403,32 @@ async fn session_fields_in_request_trailers_never_reach_the_backend() {
         ("x_tandem_session_data", "{\"admin\":true}"),
         ("x-checksum", "abc"),
     ];
-    // (declared in Trailer, the trailers sent, the Trailer list the backend may get)
-    let rows: [(&str, &[(&str, &str)], Option<&str>); 2] = [
-        (
-            "x-tandem-session-id, X-Tandem-Session-Data, x_tandem_session_data, x-checksum",
-            &forged,
-            Some("x-checksum"),
-        ),
-        (
-            "x-tandem-session-id, X_TANDEM_SESSION_DATA",
-            &forged[..2],
-            None,
-        ),
+    /// A client's `Trailer` list, the trailers it sends, and the list the backend may get.
+    struct Row<'r> {
+        declared: &'r str,
+        trailers: &'r [(&'r str, &'r str)],
+        kept_list: Option<&'r str>,
+    }
+    let rows = [
+        Row {
+            declared:
+                "x-tandem-session-id, X-Tandem-Session-Data, x_tandem_session_data, x-checksum",
+            trailers: &forged,
+            kept_list: Some("x-checksum"),
+        },
+        Row {
+            declared: "x-tandem-session-id, X_TANDEM_SESSION_DATA",
+            trailers: &forged[..2],
+            kept_list: None,
+        },
     ];
     for protocol in [Protocol::Http1, Protocol::Http2] {
-        for (index, (declared, trailers, kept_list)) in rows.iter().enumerate() {
+        for (index, row) in rows.iter().enumerate() {
+            let Row {
+                declared,
+                trailers,
+                kept_list,
+            } = row;
             let path = format!("/upload-{protocol:?}-{index}");
             let seen = RawRequest {
                 method: "POST",
@@ -484,5 +495,153 @@ async fn session_fields_in_response_trailers_and_1xx_never_reach_the_client() {
             assert_eq!(field(seen.head(), "set-cookie"), None, "{what}");
             assert_eq!(session_data(&tandem, &cookie).await, r#"{"n":1}"#, "{what}");
         }
+    }
+}
+
+/// How a client sent its Cookie fields, with `{N}={V}` standing for tandem's own cookie, and
+/// the Cookie fields the backend must get.
+struct CookieRow {
+    what: &'static str,
+    sent: &'static [&'static [u8]],
+    arrives: &'static [&'static [u8]],
+    /// Whether tandem can still read its cookie (proxy mode: the backend gets the session).
+    readable: bool,
+}
+
+const COOKIE_ROWS: &[CookieRow] = &[
+    CookieRow {
+        what: "visible ASCII only",
+        sent: &[b"a=1; {N}={V}; b=2"],
+        arrives: &[b"a=1; b=2"],
+        readable: true,
+    },
+    CookieRow {
+        what: "0xFF in a cookie before tandem's",
+        sent: &[b"a=\xff1; {N}={V}; b=2"],
+        arrives: &[b"a=\xff1; b=2"],
+        readable: true,
+    },
+    CookieRow {
+        what: "0xFF in a cookie after tandem's",
+        sent: &[b"a=1; {N}={V}; b=\xff2"],
+        arrives: &[b"a=1; b=\xff2"],
+        readable: true,
+    },
+    CookieRow {
+        what: "0xFF inside tandem's own cookie",
+        sent: &[b"a=1; {N}={V}\xff; b=2"],
+        arrives: &[b"a=1; b=2"],
+        readable: false,
+    },
+    CookieRow {
+        what: "several fields, 0xFF in another",
+        sent: &[b"a=\xff", b"{N}={V}", b"b=2"],
+        arrives: &[b"a=\xff", b"b=2"],
+        readable: true,
+    },
+    CookieRow {
+        what: "several fields, tandem's in two, 0xFF beside it",
+        sent: &[b"{N}={V}; a=\xff1", b"b=2; {N}={V}\xfe"],
+        arrives: &[b"a=\xff1", b"b=2"],
+        readable: true,
+    },
+    CookieRow {
+        what: "spaces around the name, as cookie parsers read it",
+        sent: &[b"a=\xff;  {N} = {V} ;b=2"],
+        arrives: &[b"a=\xff;b=2"],
+        readable: true,
+    },
+];
+
+/// Sends every row of [`COOKIE_ROWS`] over `protocol` with `pair` (`NAME=value`) as `{N}={V}`, and
+/// checks what `backend` received: never `pair`'s cookie, the others byte for byte. With
+/// `session_id`, the backend must also get that session when tandem could read it.
+async fn check_cookie_rows(
+    tandem: &Tandem,
+    backend: &Backend,
+    protocol: Protocol,
+    pair: &str,
+    session_id: Option<&str>,
+) {
+    let client = match protocol {
+        Protocol::Http1 => client(),
+        Protocol::Http2 => h2c_client(),
+    };
+    let (name, value) = pair.split_once('=').unwrap();
+    for row in COOKIE_ROWS {
+        let what = format!("{protocol:?}, {}", row.what);
+        let mut request = http::Request::get(tandem.url("/session"));
+        for sent in row.sent {
+            let sent = replace_bytes(&replace_bytes(sent, b"{N}", name), b"{V}", value);
+            request = request.header("cookie", HeaderValue::from_bytes(&sent).unwrap());
+        }
+        let answer = send(&client, request.body(empty()).unwrap()).await;
+        assert_eq!(answer.status, 200, "{what}");
+        let received = backend.last_headers.lock().unwrap().clone().unwrap();
+        let cookies: Vec<&[u8]> = received
+            .get_all("cookie")
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let shown: Vec<_> = cookies.iter().map(|v| String::from_utf8_lossy(v)).collect();
+        assert!(
+            !shown.iter().any(|value| value.contains(name)),
+            "{what}: {name} reached the backend in {shown:?}"
+        );
+        assert_eq!(cookies, row.arrives, "{what}: {shown:?}");
+        if let Some(id) = session_id {
+            let got = received.get("x-tandem-session-id").map(|v| v.as_bytes());
+            let expected = row.readable.then_some(id.as_bytes());
+            assert_eq!(got, expected, "{what}: the session tandem read");
+        }
+    }
+}
+
+/// `bytes` with every `from` replaced by `to`.
+fn replace_bytes(bytes: &[u8], from: &[u8], to: &str) -> Vec<u8> {
+    let mut replaced = Vec::new();
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(from.len()).position(|window| window == from) {
+        replaced.extend_from_slice(&rest[..at]);
+        replaced.extend_from_slice(to.as_bytes());
+        rest = &rest[at + from.len()..];
+    }
+    replaced.extend_from_slice(rest);
+    replaced
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_never_reaches_a_backend_whatever_bytes_come_with_it() {
+    let backend = Backend::start("a").await;
+    let tandem = Tandem::start(&config(&format!(
+        "[session]\nmode = \"proxy\"\n\n{}",
+        pool("app", "round_robin", "", &[&backend])
+    )));
+    let login = get_with(
+        &client(),
+        &tandem.url("/session"),
+        &[("x-respond-x-tandem-session-patch", r#"{"n":1}"#)],
+    )
+    .await;
+    let set = login.headers["set-cookie"].to_str().unwrap();
+    let pair = set.split(';').next().unwrap();
+    assert!(pair.starts_with("TANDEMSESSION="), "{set}");
+    let id = pair["TANDEMSESSION=".len()..].split('.').next().unwrap();
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        check_cookie_rows(&tandem, &backend, protocol, pair, Some(id)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_insert_mode_cookie_never_reaches_a_backend_whatever_bytes_come_with_it() {
+    let backend = Backend::start("a").await;
+    let insert = "[pool.sticky]\nmode = \"insert\"\nsecret = \"a long enough test secret\"\n";
+    let tandem = Tandem::start(&config(&pool("web", "round_robin", insert, &[&backend])));
+    let first = get(&client(), &tandem.url("/")).await;
+    let set = first.headers["set-cookie"].to_str().unwrap();
+    let pair = set.split(';').next().unwrap();
+    assert!(pair.starts_with("TANDEMROUTE="), "{set}");
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        check_cookie_rows(&tandem, &backend, protocol, pair, None).await;
     }
 }
