@@ -421,6 +421,16 @@ async fn session_fields_in_request_trailers_never_reach_the_backend() {
             trailers: &forged[..2],
             kept_list: None,
         },
+        // A Cookie is no field for trailers, and one there would carry tandem's cookie past
+        // its removal from the head.
+        Row {
+            declared: "cookie, x-checksum",
+            trailers: &[
+                ("cookie", "TANDEMSESSION=forged.r1; a=1"),
+                ("x-checksum", "abc"),
+            ],
+            kept_list: Some("cookie, x-checksum"),
+        },
     ];
     for protocol in [Protocol::Http1, Protocol::Http2] {
         for (index, row) in rows.iter().enumerate() {
@@ -445,6 +455,7 @@ async fn session_fields_in_request_trailers_never_reach_the_backend() {
             let what = format!("{protocol:?}, Trailer: {declared}");
             assert_no_session_field(&received.head, &what);
             assert_no_session_field(&received.trailers, &what);
+            assert_eq!(field(&received.trailers, "cookie"), None, "{what}");
             assert_eq!(field(&received.head, "trailer"), *kept_list, "{what}");
             if kept_list.is_some() {
                 // The other trailers still go through.

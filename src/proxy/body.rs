@@ -2,7 +2,8 @@
 //! and the body of every request it sends a backend.
 //!
 //! In proxy mode both take the session fields out of the trailers they relay, as the heads lose
-//! them (`SessionHeaders::strip`): a trailer is a header that comes late, not a way around.
+//! them (`SessionHeaders::strip`): a trailer is a header that comes late, not a way around. A
+//! request's trailers never carry a Cookie to a backend, in any mode.
 //!
 //! It carries the request's [`Completion`], dropped when the body has been sent or abandoned:
 //! that is when the access-log line is written (with the bytes really sent) and the backend's
@@ -16,7 +17,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, StatusCode, Version};
+use http::header::COOKIE;
+use http::{HeaderMap, Method, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
@@ -71,15 +73,11 @@ impl ResponseBody {
     }
 }
 
-/// Takes `session_fields` out of `polled` if it is a trailers frame.
-fn strip_trailers<E>(
-    polled: &mut Poll<Option<Result<Frame<Bytes>, E>>>,
-    session_fields: Option<&SessionHeaders>,
-) {
-    if let (Some(session_fields), Poll::Ready(Some(Ok(frame)))) = (session_fields, polled) {
-        if let Some(trailers) = frame.trailers_mut() {
-            session_fields.strip(trailers);
-        }
+/// The trailers `polled` holds, if it is a trailers frame.
+fn trailers_in<E>(polled: &mut Poll<Option<Result<Frame<Bytes>, E>>>) -> Option<&mut HeaderMap> {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => frame.trailers_mut(),
+        _ => None,
     }
 }
 
@@ -96,7 +94,11 @@ impl Body for ResponseBody {
             InnerProj::Upstream { body } => body.poll_frame(cx),
             InnerProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
         };
-        strip_trailers(&mut polled, this.session_fields.as_deref());
+        if let (Some(session_fields), Some(trailers)) =
+            (this.session_fields.as_deref(), trailers_in(&mut polled))
+        {
+            session_fields.strip(trailers);
+        }
         let handed_over = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let data = frame.data_ref().map_or(0, |d| d.len());
@@ -205,7 +207,14 @@ impl Body for RequestBody {
                 match taken {
                     Some(body) => {
                         let mut polled = Pin::new(body).poll_frame(cx);
-                        strip_trailers(&mut polled, session_fields.as_deref());
+                        if let Some(trailers) = trailers_in(&mut polled) {
+                            // Cookie is no trailer field (RFC 6265 defines it for the head),
+                            // and one here would carry tandem's cookies past their removal.
+                            trailers.remove(COOKIE);
+                            if let Some(session_fields) = session_fields {
+                                session_fields.strip(trailers);
+                            }
+                        }
                         match &polled {
                             Poll::Ready(Some(Ok(frame))) => {
                                 received.inc_by(frame.data_ref().map_or(0, |d| d.len() as u64));

@@ -98,8 +98,8 @@ impl ProxyService {
                 let (parts, body) = response.into_parts();
                 completion.status = parts.status;
                 completion.in_flight = Some(in_flight);
-                let session_fields =
-                    (self.runtime.sessions.as_ref()).map(|s| Arc::clone(s.headers()));
+                let sessions = self.runtime.sessions.as_deref();
+                let session_fields = sessions.map(|store| Arc::clone(store.headers()));
                 Response::from_parts(
                     parts,
                     ResponseBody::upstream(body, completion, session_fields),
