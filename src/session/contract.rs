@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, TRAILER};
+use http::header::{HeaderMap, HeaderName, HeaderValue, TRAILER};
 use serde_json::{Map, Value};
 
 use super::Rejection;
@@ -100,9 +100,7 @@ impl SessionHeaders {
     /// Takes the session names out of `Trailer`: a peer told of them would wait for them, and
     /// an HTTP/1.1 sender relays only the trailers its `Trailer` names.
     fn unannounce(&self, fields: &mut HeaderMap) {
-        let Entry::Occupied(announced) = fields.entry(TRAILER) else {
-            return;
-        };
+        let announced = fields.get_all(TRAILER);
         if !announced
             .iter()
             .any(|value| listed(value).any(|name| self.is_session_name(name)))
@@ -121,7 +119,7 @@ impl SessionHeaders {
                     .filter(|value| !value.is_empty())
             })
             .collect();
-        announced.remove();
+        fields.remove(TRAILER);
         for value in kept {
             fields.append(TRAILER, value);
         }
