@@ -33,6 +33,7 @@ impl StickyTables for NoTables {
         Vec::new()
     }
     fn record(&self, _pool: &str, _key: &str, _placement: Placement) {}
+    fn forget(&self, _pool: &str, _key: &str) {}
 }
 
 /// On a receiving peer: the highest `n` a peer's patch carried, and a wake-up for waiters.

@@ -130,6 +130,13 @@ impl StickyTable {
         }
     }
 
+    /// Forgets session `base`: its backend replaced it with a new session, so the placement
+    /// names a session no client holds any more.
+    pub fn remove(&self, base: &str) {
+        // Its pair in `order` goes stale, skipped on eviction like a re-recorded entry's.
+        self.entries().by_base.remove(base);
+    }
+
     /// Entries held now, expired ones included until they are next looked at or evicted.
     pub fn len(&self) -> usize {
         self.entries().by_base.len()
@@ -225,6 +232,22 @@ mod tests {
         assert!(table.get("forged96").is_none());
         table.record("forged99", takeover("tc3"));
         assert_eq!(table.get("forged99").unwrap().route, "tc3");
+    }
+
+    #[test]
+    fn a_removed_entry_is_gone_and_frees_its_place() {
+        let table = StickyTable::new(Duration::from_secs(60), 2);
+        table.record("X", takeover("tc2"));
+        table.record("Y", takeover("tc2"));
+        table.remove("X");
+        table.remove("never recorded");
+        assert!(table.get("X").is_none());
+        table.record("Z", takeover("tc2"));
+        assert!(
+            table.get("Y").is_some(),
+            "the removed entry's place was free"
+        );
+        assert_eq!(table.len(), 2);
     }
 
     #[test]

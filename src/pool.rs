@@ -465,6 +465,15 @@ impl Pool {
         self.sticky_table.record(key, placement);
     }
 
+    /// Forgets where session `key` lives, here and on the cluster's peers: its backend
+    /// replaced it with a new session.
+    pub fn forget_placement(&self, key: &str) {
+        if let Some(shared) = &self.shared {
+            shared.placement_forgotten(&self.name, key);
+        }
+        self.sticky_table.remove(key);
+    }
+
     /// The backend whose route is `route`, if this pool has one.
     pub fn backend_by_route(&self, route: &str) -> Option<usize> {
         self.by_route.get(route).copied()

@@ -213,13 +213,24 @@ impl crate::cluster::StickyTables for SharedTables {
     }
 
     fn record(&self, pool: &str, key: &str, placement: crate::placement::Placement) {
+        // Into the table only: it came from a peer, it is not sent on.
+        self.with_table(pool, |table| table.record(key, placement));
+    }
+
+    fn forget(&self, pool: &str, key: &str) {
+        self.with_table(pool, |table| table.remove(key));
+    }
+}
+
+impl SharedTables {
+    /// Runs `change` on the sticky table of pool `pool`, if the runtime still has that pool.
+    fn with_table(&self, pool: &str, change: impl FnOnce(&crate::placement::StickyTable)) {
         let Some(runtime) = self.0.upgrade() else {
             return;
         };
         let snapshot = runtime.snapshot();
         if let Some(pool) = snapshot.pools.iter().find(|p| &*p.name == pool) {
-            // Into the table only: it came from a peer, it is not sent on.
-            pool.sticky_table.record(key, placement);
+            change(&pool.sticky_table);
         }
     }
 }

@@ -61,6 +61,8 @@ pub trait StickyTables: Send + Sync {
     fn all(&self) -> Vec<(String, String, crate::placement::Placement)>;
     /// Records a placement a peer made.
     fn record(&self, pool: &str, key: &str, placement: crate::placement::Placement);
+    /// Forgets a placement a peer forgot.
+    fn forget(&self, pool: &str, key: &str);
 }
 
 /// A peer connection: plain TCP, or TLS over it.
@@ -532,8 +534,13 @@ impl Cluster {
                 route,
                 backend_id,
             } => {
-                let placement = crate::placement::Placement { route, backend_id };
-                shared.tables.record(&pool, &key, placement);
+                // An empty route: the peer forgot it (`Replicator::placement_forgotten`).
+                if route.is_empty() {
+                    shared.tables.forget(&pool, &key);
+                } else {
+                    let placement = crate::placement::Placement { route, backend_id };
+                    shared.tables.record(&pool, &key, placement);
+                }
             }
             message => {
                 if let Some(store) = &shared.store {

@@ -215,6 +215,17 @@ impl Replicator {
         );
     }
 
+    /// Sends that a sticky placement of this node is forgotten: a `Placement` with an empty
+    /// route, which no backend has (so a peer of an earlier release, which records it, routes
+    /// the session as if it had none).
+    pub fn placement_forgotten(&self, pool: &str, key: &str) {
+        let forgotten = crate::placement::Placement {
+            route: String::new(),
+            backend_id: String::new(),
+        };
+        self.placement(pool, key, &forgotten);
+    }
+
     /// Sends the touches gathered since the last call.
     pub fn flush_touches(&self) {
         let touches = std::mem::take(

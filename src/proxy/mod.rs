@@ -904,7 +904,9 @@ impl Replay {
 /// shape of the backends' session cookies is learned, and a backend that renamed the session
 /// itself (JvmRouteBinderValve) is followed. In both, a session that landed on a backend other
 /// than its owner is recorded as moved; in `route` mode the client's cookie is then rewritten
-/// to name the backend that holds it.
+/// to name the backend that holds it. A backend that answers with another session in the
+/// request's session cookie (it did not have the session: no replication) has the last word:
+/// its cookie stands, and the session it replaced is forgotten.
 fn settle_session(
     pool: &Pool,
     sticky: &StickyConfig,
@@ -930,7 +932,9 @@ fn settle_session(
         return;
     }
     let learn = sticky.mode == StickyMode::Learn;
-    let mut renamed_by_backend = None;
+    // What the backend set last in the cookie the request's session came in (in any session
+    // cookie for the URL form): the value the client keeps. Empty for a deleted cookie.
+    let mut backend_set = None;
     for value in response.headers().get_all(SET_COOKIE) {
         let Some(cookie) = value
             .to_str()
@@ -939,7 +943,13 @@ fn settle_session(
         else {
             continue;
         };
-        if !sticky.cookies.iter().any(|name| name == cookie.name()) || cookie.value().is_empty() {
+        if !sticky.cookies.iter().any(|name| name == cookie.name()) {
+            continue;
+        }
+        if target.is_some_and(|t| t.cookie.as_deref().is_none_or(|name| name == cookie.name())) {
+            backend_set = Some(cookie.value().to_string());
+        }
+        if cookie.value().is_empty() {
             continue;
         }
         if learn {
@@ -948,34 +958,48 @@ fn settle_session(
                 backend_id: cookie.value().to_string(),
             };
             pool.record_placement(cookie.value(), placement);
-            continue;
-        }
-        pool.cookie_templates.learn(&cookie);
-        if let Some(target) = target {
-            let same_cookie = target.cookie.as_deref() == Some(cookie.name());
-            if same_cookie && sticky::session_key(cookie.value(), sticky) == target.key {
-                renamed_by_backend = Some(cookie.value().to_string());
-            }
+        } else {
+            pool.cookie_templates.learn(&cookie);
         }
     }
     let Some(target) = target else { return };
-    if let Some(new_id) = renamed_by_backend {
-        // The backend set the session cookie itself (JvmRouteBinderValve renames a session it
-        // takes over): from now on the backends know the session by that id.
-        let moved = served != target.owner || target.backend_id.is_some();
-        if moved && sticky::route_of(&new_id, sticky.separator) == Some(served_route.as_str()) {
-            if served != target.owner {
-                takeovers.inc();
+    match backend_set {
+        Some(new_id) if sticky::session_key(&new_id, sticky) != target.key => {
+            // The backend did not have the session (no replication, or it expired there) and
+            // answered with a new one, or ended it: tandem's cookie after the backend's would
+            // override it, and the session would be lost on the next request.
+            if target.backend_id.is_some() {
+                pool.forget_placement(&target.key);
             }
-            pool.record_placement(
-                &target.key,
-                Placement {
-                    route: served_route.clone(),
-                    backend_id: new_id,
-                },
-            );
+            if served != target.owner {
+                tracing::info!(
+                    pool = %pool.name,
+                    from = %pool.backends[target.owner].config.route,
+                    to = %served_route,
+                    "session route failed over to a backend that started another session"
+                );
+            }
+            return;
         }
-        return;
+        Some(new_id) if !learn => {
+            // The backend set the session cookie itself (JvmRouteBinderValve renames a session
+            // it takes over): from now on the backends know the session by that id.
+            let moved = served != target.owner || target.backend_id.is_some();
+            if moved && sticky::route_of(&new_id, sticky.separator) == Some(served_route.as_str()) {
+                if served != target.owner {
+                    takeovers.inc();
+                }
+                pool.record_placement(
+                    &target.key,
+                    Placement {
+                        route: served_route.clone(),
+                        backend_id: new_id,
+                    },
+                );
+            }
+            return;
+        }
+        _ => {}
     }
     if served != target.owner {
         let backend_id = target

@@ -173,7 +173,8 @@ pub enum Replicated {
         pool: String,
         /// The session key in the pool's sticky table.
         key: String,
-        /// The route of the backend that holds the session.
+        /// The route of the backend that holds the session; empty when the sender forgot the
+        /// placement (the backend replaced the session with a new one).
         route: String,
         /// The id the backends know the session by.
         backend_id: String,
