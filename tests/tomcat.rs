@@ -5,6 +5,10 @@
 //! client's cookie ends up naming that node, and the session stays there. Run once without and
 //! once with JvmRouteBinderValve on the Tomcats.
 //!
+//! Without replication (no `<Cluster>`), the other node starts a new session: the user loses
+//! the counter once, but keeps the new session the other node set (tandem must not override
+//! its cookie).
+//!
 //! Needs Debian's tomcat10 and a JDK (javac compiles the test servlet):
 //! `scripts/install-test-deps.sh` installs both.
 
@@ -93,6 +97,17 @@ fn build_webapp(dir: &Path) -> PathBuf {
     app
 }
 
+/// How the Tomcat nodes share their sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replication {
+    /// No `<Cluster>`: each node has only its own sessions.
+    None,
+    /// SimpleTcpCluster + DeltaManager: every node has every session, under its original id.
+    DeltaManager,
+    /// DeltaManager, and JvmRouteBinderValve renaming a session to the node that takes it over.
+    DeltaManagerWithBinderValve,
+}
+
 /// One Tomcat node in its own CATALINA_BASE.
 struct TomcatNode {
     route: &'static str,
@@ -115,7 +130,7 @@ impl TomcatNode {
         route: &'static str,
         tribes: (u16, u16),
         own_tribes: u16,
-        binder: bool,
+        replication: Replication,
     ) -> TomcatNode {
         let base = dir.join(route);
         for sub in ["conf", "logs", "temp", "work", "webapps"] {
@@ -135,18 +150,13 @@ impl TomcatNode {
         }
         copy_dir(app, &base.join("webapps/app"));
         let http_port = free_port();
-        let binder_valve = if binder {
+        let binder_valve = if replication == Replication::DeltaManagerWithBinderValve {
             r#"<Valve className="org.apache.catalina.ha.session.JvmRouteBinderValve"/>"#
         } else {
             ""
         };
-        let server_xml = format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?>
-<Server port="-1" shutdown="SHUTDOWN">
-  <Service name="Catalina">
-    <Connector port="{http_port}" address="127.0.0.1" protocol="HTTP/1.1" connectionTimeout="20000"/>
-    <Engine name="Catalina" defaultHost="localhost" jvmRoute="{route}">
-      <Cluster className="org.apache.catalina.ha.tcp.SimpleTcpCluster" channelSendOptions="6">
+        let cluster = format!(
+            r#"<Cluster className="org.apache.catalina.ha.tcp.SimpleTcpCluster" channelSendOptions="6">
         <Manager className="org.apache.catalina.ha.session.DeltaManager" stateTransferTimeout="5"
                  expireSessionsOnShutdown="false" notifyListenersOnReplication="true"/>
         <Channel className="org.apache.catalina.tribes.group.GroupChannel">
@@ -166,14 +176,27 @@ impl TomcatNode {
         <Valve className="org.apache.catalina.ha.tcp.ReplicationValve" filter=""/>
         {binder_valve}
         <ClusterListener className="org.apache.catalina.ha.session.ClusterSessionListener"/>
-      </Cluster>
+      </Cluster>"#,
+            t1 = tribes.0,
+            t2 = tribes.1,
+        );
+        let cluster = if replication == Replication::None {
+            ""
+        } else {
+            cluster.as_str()
+        };
+        let server_xml = format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<Server port="-1" shutdown="SHUTDOWN">
+  <Service name="Catalina">
+    <Connector port="{http_port}" address="127.0.0.1" protocol="HTTP/1.1" connectionTimeout="20000"/>
+    <Engine name="Catalina" defaultHost="localhost" jvmRoute="{route}">
+      {cluster}
       <Host name="localhost" appBase="webapps" unpackWARs="false" autoDeploy="false"/>
     </Engine>
   </Service>
 </Server>
-"#,
-            t1 = tribes.0,
-            t2 = tribes.1,
+"#
         );
         std::fs::write(base.join("conf/server.xml"), server_xml).unwrap();
         let log = std::fs::File::create(base.join("logs/console.log")).unwrap();
@@ -267,14 +290,15 @@ async fn count(tandem: &Tandem, session: &str) -> Answer {
     .await
 }
 
-async fn a_killed_tomcat_costs_the_user_nothing(binder: bool) {
+/// Two Tomcat nodes sharing sessions as `replication` says (in `dir`), ready, and a tandem in
+/// front of them.
+async fn tomcats_behind_tandem(dir: &Path, replication: Replication) -> (Vec<TomcatNode>, Tandem) {
     require_tools();
-    let dir = tempfile::tempdir().unwrap();
-    let app = build_webapp(dir.path());
+    let app = build_webapp(dir);
     let tribes = (free_port(), free_port());
-    let mut nodes = vec![
-        TomcatNode::start(dir.path(), &app, "tc1", tribes, tribes.0, binder),
-        TomcatNode::start(dir.path(), &app, "tc2", tribes, tribes.1, binder),
+    let nodes = vec![
+        TomcatNode::start(dir, &app, "tc1", tribes, tribes.0, replication),
+        TomcatNode::start(dir, &app, "tc2", tribes, tribes.1, replication),
     ];
     for node in &nodes {
         node.wait_ready().await;
@@ -285,7 +309,23 @@ async fn a_killed_tomcat_costs_the_user_nothing(binder: bool) {
          [[pool.backend]]\naddress = \"127.0.0.1:{}\"\nroute = \"tc2\"\n",
         nodes[0].http_port, nodes[1].http_port
     );
-    let tandem = Tandem::start(&config(&pools));
+    (nodes, Tandem::start(&config(&pools)))
+}
+
+/// The Set-Cookie values of an answer.
+fn set_cookies(answer: &Answer) -> Vec<&str> {
+    answer
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
+
+async fn a_killed_tomcat_costs_the_user_nothing(replication: Replication) {
+    let binder = replication == Replication::DeltaManagerWithBinderValve;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, tandem) = tomcats_behind_tandem(dir.path(), replication).await;
 
     // A new session, then two more requests that stick to its node.
     let first = get(&client(), &tandem.url("/app/count")).await;
@@ -341,18 +381,12 @@ async fn a_killed_tomcat_costs_the_user_nothing(binder: bool) {
     );
     // Exactly one cookie: with the valve Tomcat sets it and tandem follows (cookie crate order
     // puts HttpOnly first in tandem's own); without it, tandem rewrites it.
-    let set_cookies: Vec<&str> = answer
-        .headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
     let expected = if binder {
         format!("JSESSIONID={new_session}; Path=/app; HttpOnly")
     } else {
         format!("JSESSIONID={new_session}; HttpOnly; Path=/app")
     };
-    assert_eq!(set_cookies, vec![expected]);
+    assert_eq!(set_cookies(&answer), vec![expected]);
 
     // The client now holds a cookie naming the new node; the session stays there, still counting.
     for expected in 5..=7 {
@@ -368,10 +402,63 @@ async fn a_killed_tomcat_costs_the_user_nothing(binder: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tomcat_failover_without_jvm_route_binder_valve() {
-    a_killed_tomcat_costs_the_user_nothing(false).await;
+    a_killed_tomcat_costs_the_user_nothing(Replication::DeltaManager).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tomcat_failover_with_jvm_route_binder_valve() {
-    a_killed_tomcat_costs_the_user_nothing(true).await;
+    a_killed_tomcat_costs_the_user_nothing(Replication::DeltaManagerWithBinderValve).await;
+}
+
+/// Without replication the other node cannot have the session: it starts a new one, and that
+/// one must be the session the user keeps (only its cookie reaches the client, and it counts on
+/// from there, not from scratch again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tomcat_failover_without_replication_keeps_the_new_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, tandem) = tomcats_behind_tandem(dir.path(), Replication::None).await;
+    let first = get(&client(), &tandem.url("/app/count")).await;
+    let (owner, counter) = first.body.split_once(' ').unwrap();
+    assert_eq!(counter, "1", "{}", first.body);
+    let session = session_cookie(&first).expect("tomcat sets JSESSIONID");
+    assert_eq!(
+        count(&tandem, &session).await.body,
+        format!("{owner} 2"),
+        "sticks"
+    );
+
+    let owner_index = nodes.iter().position(|n| n.route == owner).unwrap();
+    let mut dead = nodes.remove(owner_index);
+    let other_route = nodes[0].route;
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let answer = count(&tandem, &session).await;
+    assert_eq!(
+        answer.body,
+        format!("{other_route} 1"),
+        "the other node has no copy: a new session"
+    );
+    let new_session = session_cookie(&answer).expect("tomcat sets the new session's cookie");
+    assert!(
+        new_session.ends_with(&format!(".{other_route}")),
+        "{new_session}"
+    );
+    assert_ne!(
+        new_session.rsplit_once('.').unwrap().0,
+        session.rsplit_once('.').unwrap().0
+    );
+    // The client's jar ends with the new session: one JSESSIONID, Tomcat's own.
+    assert_eq!(
+        set_cookies(&answer),
+        vec![format!("JSESSIONID={new_session}; Path=/app; HttpOnly")]
+    );
+    for expected in 2..=3 {
+        let answer = count(&tandem, &new_session).await;
+        assert_eq!(answer.body, format!("{other_route} {expected}"));
+        assert!(
+            set_cookies(&answer).is_empty(),
+            "{:?}",
+            set_cookies(&answer)
+        );
+    }
 }
