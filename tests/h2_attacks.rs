@@ -1,10 +1,13 @@
-//! HTTP/2 cases from ../shared/attack-cases.md (P02–P04): frames and header blocks no
+//! HTTP/2 cases from ../shared/attack-cases.md (P01–P04): frames and header blocks no
 //! well-behaved client sends, written by hand over h2c (prior knowledge) on the public
-//! listener. P01 (rapid reset) is in `tests/attacks.rs`.
+//! listener. P01's rapid reset is in `tests/attacks.rs`; its server-induced resets
+//! (MadeYouReset) are here.
 
 mod support;
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +19,7 @@ const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PING: u8 = 6;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
 
 const END_STREAM: u8 = 0x1;
@@ -390,4 +394,224 @@ async fn p04_malformed_h2_fields_are_refused_and_host_comes_from_the_authority()
         .filter(|line| line.starts_with("host: "))
         .collect();
     assert_eq!(hosts, ["host: shop.test"], "{answer}");
+}
+
+/// A backend that answers every request head (GET, no body) with a small 200 and counts its
+/// connections: how many it accepted, how many have closed, and how many of those carried no
+/// byte at all.
+struct CountingBackend {
+    address: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    empty: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CountingBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CountingBackend {
+    async fn start() -> CountingBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let empty = Arc::new(AtomicUsize::new(0));
+        let counters = (
+            Arc::clone(&accepted),
+            Arc::clone(&closed),
+            Arc::clone(&empty),
+        );
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counters.0.fetch_add(1, Ordering::SeqCst);
+                let (closed, empty) = (Arc::clone(&counters.1), Arc::clone(&counters.2));
+                connections.spawn(async move {
+                    let mut received = 0usize;
+                    let mut pending = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        let n = match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        received += n;
+                        pending.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na";
+                            if stream.write_all(answer).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    if received == 0 {
+                        empty.fetch_add(1, Ordering::SeqCst);
+                    }
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingBackend {
+            address,
+            accepted,
+            closed,
+            empty,
+            task,
+        }
+    }
+}
+
+/// A frame to send on each stream: kind, flags, payload.
+type RawFrame = (u8, u8, Vec<u8>);
+
+/// MadeYouReset (CVE-2025-8671): a client sends a request, then makes the server reset the
+/// stream itself with a frame that is a stream error, on 200 streams at once. `frames` gives
+/// a stream's frames; `pool_keys` go into the pool's table. No stream
+/// may cost a backend connection that carries nothing.
+async fn made_you_reset(pool_keys: &str, frames: &[RawFrame]) {
+    let backend = CountingBackend::start().await;
+    let tandem = Tandem::start(&config(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"web\"\n{pool_keys}\n[[pool.backend]]\naddress = \"{}\"\n",
+        backend.address
+    )));
+    let mut h2 = RawH2::connect(&tandem).await;
+    const STREAMS: u32 = 200;
+    let mut attack = Vec::new();
+    for n in 0..STREAMS {
+        let stream = 2 * n + 1;
+        for &(kind, flags, ref payload) in frames {
+            attack.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+            attack.push(kind);
+            attack.push(flags);
+            attack.extend_from_slice(&stream.to_be_bytes());
+            attack.extend_from_slice(payload);
+        }
+    }
+    // All of it at once, as an attacker would; tandem may end the connection part way.
+    let _ = tokio::time::timeout(DEADLINE, h2.stream.write_all(&attack)).await;
+    // Every stream is reset or answered, or the connection ends.
+    let mut settled = std::collections::HashSet::new();
+    let until = Instant::now() + DEADLINE;
+    while settled.len() < STREAMS as usize {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(Some(frame)) = tokio::time::timeout(left, h2.read_frame()).await else {
+            break;
+        };
+        match frame.kind {
+            RST_STREAM => {
+                settled.insert(frame.stream);
+            }
+            HEADERS | DATA if frame.flags & END_STREAM != 0 => {
+                settled.insert(frame.stream);
+            }
+            GOAWAY => break,
+            SETTINGS if frame.flags & 1 == 0 => {
+                let _ = h2.send(SETTINGS, 1, 0, &[]).await;
+            }
+            _ => {}
+        }
+    }
+    drop(h2);
+    // A control request, then the backend's connections settle: every one tandem does not
+    // hold open (its gauge) has closed.
+    assert_eq!(get(&client(), &tandem.url("/")).await.status, 200);
+    let gauge = format!(
+        "tandem_backend_connections{{backend=\"{}\",pool=\"web\"}}",
+        backend.address
+    );
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let metrics = get(&client(), &tandem.admin_url("/metrics")).await.body;
+        let held = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(gauge.as_str())?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0) as usize;
+        let open = backend.accepted.load(Ordering::SeqCst) - backend.closed.load(Ordering::SeqCst);
+        if open == held {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "backend connections open: {open}, tandem holds {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let accepted = backend.accepted.load(Ordering::SeqCst);
+    let empty = backend.empty.load(Ordering::SeqCst);
+    assert_eq!(
+        empty, 0,
+        "{empty} of {accepted} backend connections carried nothing"
+    );
+    assert!(
+        accepted <= 4,
+        "{accepted} backend connections for {STREAMS} streams"
+    );
+}
+
+/// A WINDOW_UPDATE that takes the stream's send window past 2^31-1: FLOW_CONTROL_ERROR.
+fn overflowing_window_update() -> RawFrame {
+    (WINDOW_UPDATE, 0, 0x7fff_ffffu32.to_be_bytes().to_vec())
+}
+
+/// The request pseudo-headers of a POST to `/upload`, then `extra`.
+fn post_block(extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/upload"),
+        (b":authority", b"shop.test"),
+    ];
+    headers.extend_from_slice(extra);
+    hpack(&headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p01_made_you_reset_after_a_whole_get_dials_no_backend_for_nothing() {
+    made_you_reset(
+        "",
+        &[
+            (HEADERS, END_HEADERS | END_STREAM, get_block("/", &[])),
+            overflowing_window_update(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p01_made_you_reset_during_a_streamed_body_dials_no_backend_for_nothing() {
+    made_you_reset(
+        "",
+        &[
+            (HEADERS, END_HEADERS, post_block(&[])),
+            overflowing_window_update(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p01_made_you_reset_with_a_body_over_its_content_length_dials_no_backend_for_nothing() {
+    // Without retries the body is not read beforehand: it streams.
+    made_you_reset(
+        "[pool.retry]\nattempts = 1",
+        &[
+            (
+                HEADERS,
+                END_HEADERS,
+                post_block(&[(b"content-length", b"1")]),
+            ),
+            (DATA, END_STREAM, b"longer".to_vec()),
+        ],
+    )
+    .await;
 }

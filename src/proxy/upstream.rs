@@ -87,6 +87,11 @@ impl Upstream {
         let mut request = request;
         let body_finished = request.body().finished();
         let connection = hyper_util::client::legacy::connect::capture_connection(&mut request);
+        // One turn to the runtime before anything is dialled: a client stream that is already
+        // reset (an h2 request sent together with a frame that made the server reset it:
+        // MadeYouReset, CVE-2025-8671) is then dropped by hyper here, instead of opening a
+        // backend connection that would be closed at once, having carried nothing.
+        tokio::task::yield_now().await;
         match tokio::time::timeout(limit, self.client.request(request)).await {
             Err(_) => Err(ProxyError::Timeout(format!(
                 "no response head within {limit:?}"
