@@ -3,8 +3,9 @@
 
 use http::StatusCode;
 
-/// nginx's non-standard status for a request whose client went away before the answer.
-const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+/// nginx's non-standard status for a request whose client went away before the answer: for
+/// the access log and metrics only, never sent (a client that went away reads nothing).
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
     Ok(status) => status,
     Err(_) => panic!("499 is a valid status code"),
 };
@@ -40,10 +41,15 @@ pub enum ProxyError {
         /// The configured limit.
         limit: usize,
     },
-    /// The client's request body broke off while it was being relayed (logged as nginx's 499;
-    /// the client is usually gone). Not the backend's fault.
+    /// The client went away while its request body was relayed: logged as nginx's 499, and
+    /// should the client still read, answered 400 with the connection closed. Not the
+    /// backend's fault.
     #[error("the client's request body broke off: {0}")]
     ClientAborted(String),
+    /// The client's request body broke its framing (a bad chunk line) while it was relayed
+    /// (400, connection closed); the backend's request is aborted with it.
+    #[error("the client's request body is malformed: {0}")]
+    MalformedBody(String),
     /// The client did not send its (small, buffered) request body in time (408).
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
@@ -82,14 +88,24 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientAborted(_)
+            | ProxyError::MalformedBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::ClientAborted(_) => CLIENT_CLOSED_REQUEST,
             ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::StaleConnection(_)
             | ProxyError::SessionUpdate(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The status the access log and metrics record: the one sent, except 499 for a client
+    /// that went away.
+    pub fn logged_status(&self) -> StatusCode {
+        match self {
+            ProxyError::ClientAborted(_) => CLIENT_CLOSED_REQUEST,
+            other => other.status(),
         }
     }
 
@@ -101,9 +117,10 @@ impl ProxyError {
                 "503 Service Unavailable: no server is available\n"
             }
             ProxyError::UriTooLong { .. } => "414 URI Too Long\n",
-            ProxyError::BadRequest(_) => "400 Bad Request\n",
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientAborted(_)
+            | ProxyError::MalformedBody(_) => "400 Bad Request\n",
             ProxyError::BodyTimeout(_) => "408 Request Timeout\n",
-            ProxyError::ClientAborted(_) => "499 Client Closed Request\n",
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::StaleConnection(_) => {
                 "502 Bad Gateway: the server failed\n"
             }
@@ -135,6 +152,7 @@ impl ProxyError {
                 | ProxyError::UriTooLong { .. }
                 | ProxyError::BodyTimeout(_)
                 | ProxyError::ClientAborted(_)
+                | ProxyError::MalformedBody(_)
         )
     }
 }

@@ -221,9 +221,8 @@ async fn serve_connection<S>(
     };
     let service_activity = Arc::clone(&activity);
     let service = service_fn(move |request: Request<Incoming>| {
-        let proxy = proxy.clone();
-        let open_request = service_activity.open();
-        async move { Ok::<_, Infallible>(proxy.handle(request, open_request).await) }
+        let answer = proxy.handle(request, service_activity.open());
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let connection = context
         .builder

@@ -615,3 +615,71 @@ async fn p01_made_you_reset_with_a_body_over_its_content_length_dials_no_backend
     )
     .await;
 }
+
+/// HTTP/2's CANCEL error code.
+const CANCEL: u32 = 8;
+
+/// 499 is for the access log only. An h2 client that resets its stream mid-body, or closes
+/// the connection before the response head, is logged 499; nothing is sent on its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_goes_away_is_logged_499() {
+    let (backend, tandem) = one_backend().await;
+    let mut h2 = RawH2::connect(&tandem).await;
+    h2.send(HEADERS, END_HEADERS, 1, &post_block(&[]))
+        .await
+        .unwrap();
+    h2.send(DATA, 0, 1, b"the first part").await.unwrap();
+    let until = Instant::now() + DEADLINE;
+    while backend.open.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < until,
+            "the upload never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h2.send(RST_STREAM, 0, 1, &CANCEL.to_be_bytes())
+        .await
+        .unwrap();
+    let line = tandem.wait_access("path=/upload ");
+    assert!(line.contains("status=499"), "{line}");
+    // The connection still serves, and stream 1 got no answer.
+    h2.send(HEADERS, END_HEADERS | END_STREAM, 3, &get_block("/", &[]))
+        .await
+        .unwrap();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, h2.read_frame())
+            .await
+            .expect("stream 3 answered in time")
+            .expect("the connection stays open");
+        assert!(
+            !(frame.stream == 1 && matches!(frame.kind, HEADERS | DATA)),
+            "stream 1 was answered after its reset"
+        );
+        if frame.stream == 3 && frame.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    // A whole request, then the connection closes before the response head.
+    let mut h2 = RawH2::connect(&tandem).await;
+    h2.send(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/slow?ms=3000", &[]),
+    )
+    .await
+    .unwrap();
+    // The upload, the GET and this one.
+    while backend.count() < 3 {
+        assert!(
+            Instant::now() < until,
+            "the request never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(h2);
+    let line = tandem.wait_access("path=/slow ");
+    assert!(line.contains("status=499"), "{line}");
+}

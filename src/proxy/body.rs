@@ -177,6 +177,49 @@ impl RequestBody {
     }
 }
 
+/// Why a client's request body failed while tandem read or relayed it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientBodyError {
+    /// The body broke its framing (a bad chunk-size line, bad trailers): the client's fault,
+    /// answered 400.
+    #[error("the request body is malformed: {0}")]
+    Malformed(String),
+    /// The client closed or reset its connection (or h2 stream) before the body ended.
+    #[error("the client went away before its request body ended: {0}")]
+    Gone(String),
+}
+
+impl ClientBodyError {
+    /// Sorts hyper's error for the client's body: its decoder reports a framing violation as
+    /// an `InvalidInput` or `InvalidData` I/O error; anything else (an EOF before the end, a
+    /// reset connection or stream) is the client going away.
+    pub fn of(error: &hyper::Error) -> ClientBodyError {
+        let described = crate::error::chain(error);
+        let mut source = std::error::Error::source(error);
+        while let Some(inner) = source {
+            if inner.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                )
+            }) {
+                return ClientBodyError::Malformed(described);
+            }
+            source = inner.source();
+        }
+        ClientBodyError::Gone(described)
+    }
+}
+
+impl From<ClientBodyError> for crate::error::ProxyError {
+    fn from(failure: ClientBodyError) -> crate::error::ProxyError {
+        match failure {
+            ClientBodyError::Malformed(reason) => crate::error::ProxyError::MalformedBody(reason),
+            ClientBodyError::Gone(reason) => crate::error::ProxyError::ClientAborted(reason),
+        }
+    }
+}
+
 /// A request body that stopped coming for longer than `listen.body_idle_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body stopped coming for {0:?}")]
@@ -233,7 +276,10 @@ impl Body for RequestBody {
                             Poll::Ready(None) => {
                                 finished.store(true, std::sync::atomic::Ordering::Relaxed)
                             }
-                            Poll::Ready(Some(Err(_))) => {}
+                            Poll::Ready(Some(Err(error))) => {
+                                let failure = ClientBodyError::of(error);
+                                return Poll::Ready(Some(Err(Box::new(failure))));
+                            }
                         }
                         polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
                     }
@@ -278,7 +324,8 @@ pub struct Completion {
     pub path: String,
     /// The client's HTTP version.
     pub version: Version,
-    /// The status sent to the client.
+    /// The status logged: the one sent, or 499 while none is chosen (should the request be
+    /// dropped unanswered, its client went away).
     pub status: StatusCode,
     /// The pool that served the request, once chosen.
     pub pool: Option<Arc<str>>,

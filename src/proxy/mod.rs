@@ -69,19 +69,24 @@ impl ProxyService {
     }
 
     /// Answers one request; `open_request` marks the connection busy until the response is done.
-    pub async fn handle(
+    ///
+    /// The request's access-log line is prepared at once, before the returned future is first
+    /// polled: a request that hyper drops unanswered, even unpolled (its client closed the
+    /// connection or reset the stream), is still logged, as 499.
+    pub fn handle(
         &self,
         request: Request<Incoming>,
         open_request: OpenRequest,
-    ) -> Response<ResponseBody> {
-        let snapshot = self.runtime.snapshot();
-        let mut completion = Completion {
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + 'static {
+        let completion = Completion {
             started: Instant::now(),
             client: self.client,
             method: request.method().clone(),
             path: loggable_path(request.uri().path()),
             version: request.version(),
-            status: StatusCode::OK,
+            // Until an answer is chosen: should hyper drop the request first, the client
+            // went away (closed its connection, reset its stream).
+            status: crate::error::CLIENT_CLOSED_REQUEST,
             pool: None,
             backend: None,
             attempts: 0,
@@ -90,6 +95,17 @@ impl ProxyService {
             open_request,
             metrics: Arc::clone(&self.runtime.metrics),
         };
+        let service = self.clone();
+        async move { service.respond(request, completion).await }
+    }
+
+    /// What [`ProxyService::handle`] answers, `completion` learning what happens.
+    async fn respond(
+        &self,
+        request: Request<Incoming>,
+        mut completion: Completion,
+    ) -> Response<ResponseBody> {
+        let snapshot = self.runtime.snapshot();
         if let Some(port) = self.redirect_to {
             return redirect_to_https(&request, port, completion);
         }
@@ -107,17 +123,18 @@ impl ProxyService {
             }
             Err(error) => {
                 let status = error.status();
+                let logged_status = error.logged_status();
                 tracing::warn!(
                     client = %completion.client,
                     method = %completion.method,
                     path = %completion.path,
                     pool = completion.pool.as_deref().unwrap_or("-"),
                     backend = completion.backend.as_ref().map_or("-", |b| b.config.address.as_str()),
-                    status = status.as_u16(),
+                    status = logged_status.as_u16(),
                     reason = %error,
                     "request answered by tandem"
                 );
-                completion.status = status;
+                completion.status = logged_status;
                 let closes = error.closes_connection();
                 let mut response =
                     Response::new(ResponseBody::local(error.public_body(), completion));
@@ -877,7 +894,7 @@ impl Replay {
         let (parts, body) = request.into_parts();
         let body = match tokio::time::timeout(timeout, body.collect()).await {
             Err(_) => return Err(ProxyError::BodyTimeout(timeout)),
-            Ok(Err(_)) => return Err(ProxyError::BadRequest("the request body ended early")),
+            Ok(Err(error)) => return Err(body::ClientBodyError::of(&error).into()),
             Ok(Ok(collected)) => collected.to_bytes(),
         };
         Ok(Replay {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::config::{BackendTlsConfig, PoolConfig};
 use crate::error::{chain, ProxyError};
 use crate::metrics::Metrics;
-use crate::proxy::body::{BodyIdle, RequestBody};
+use crate::proxy::body::{BodyIdle, ClientBodyError, RequestBody};
 use crate::proxy::connector::{self, StampingConnector};
 use crate::tls;
 use hyper_rustls::HttpsConnector;
@@ -113,7 +113,7 @@ impl Upstream {
 
 /// Maps a client error to 502 or 504: a connect that timed out is a timeout, any other connect
 /// failure or a broken exchange is a bad gateway; a request body that broke on the client's
-/// side is the client's doing; a connection from the pool (opened before the attempt
+/// side (malformed, or the client gone) is the client's doing; a connection from the pool (opened before the attempt
 /// `started`) that closed before any response is stale.
 fn classify(error: &hyper_util::client::legacy::Error, started: Instant) -> ProxyError {
     let described = chain(error);
@@ -130,23 +130,15 @@ fn classify(error: &hyper_util::client::legacy::Error, started: Instant) -> Prox
         }
         return ProxyError::Connect(described);
     }
-    // A client that stopped sending its body (slow POST).
+    // The client's body failed: it stopped coming (slow POST), broke its framing, or the
+    // client went away; none of it is the backend's doing.
     let mut source = std::error::Error::source(error);
     while let Some(inner) = source {
         if let Some(idle) = inner.downcast_ref::<BodyIdle>() {
             return ProxyError::BodyTimeout(idle.0);
         }
-        source = inner.source();
-    }
-    // hyper calls a failure of the request body it was relaying a "user" error: here that is
-    // the client's body stream breaking (the client went away mid-upload), not the backend.
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        if inner
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
-            return ProxyError::ClientAborted(described);
+        if let Some(failure) = inner.downcast_ref::<ClientBodyError>() {
+            return ProxyError::from(failure.clone());
         }
         source = inner.source();
     }
