@@ -3,6 +3,8 @@
 
 use http::StatusCode;
 
+use crate::proxy::validate::Rejection;
+
 /// nginx's non-standard status for a request whose client went away before the answer: for
 /// the access log and metrics only, never sent (a client that went away reads nothing).
 pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
@@ -33,14 +35,9 @@ pub enum ProxyError {
         /// The pool's name.
         pool: String,
     },
-    /// The request target is longer than `listen.max_uri_length` (414).
-    #[error("request target of {length} bytes is over the {limit} byte limit")]
-    UriTooLong {
-        /// Length of the request target in bytes.
-        length: usize,
-        /// The configured limit.
-        limit: usize,
-    },
+    /// The request failed the validation step before routing (400, 414 or 431).
+    #[error("invalid request: {0}")]
+    Invalid(Rejection),
     /// The client went away while its request body was relayed: logged as nginx's 499, and
     /// should the client still read, answered 400 with the connection closed. Not the
     /// backend's fault.
@@ -87,7 +84,13 @@ impl ProxyError {
             ProxyError::NoBackend { .. } | ProxyError::SessionBackendUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::Invalid(rejection) => match rejection {
+                Rejection::TooManyFields { .. } | Rejection::FieldsTooLarge { .. } => {
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                }
+                Rejection::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+                Rejection::BadHost(_) | Rejection::BadTarget(_) => StatusCode::BAD_REQUEST,
+            },
             ProxyError::BadRequest(_)
             | ProxyError::ClientAborted(_)
             | ProxyError::MalformedBody(_) => StatusCode::BAD_REQUEST,
@@ -116,7 +119,13 @@ impl ProxyError {
             ProxyError::NoBackend { .. } | ProxyError::SessionBackendUnavailable { .. } => {
                 "503 Service Unavailable: no server is available\n"
             }
-            ProxyError::UriTooLong { .. } => "414 URI Too Long\n",
+            ProxyError::Invalid(rejection) => match rejection {
+                Rejection::TooManyFields { .. } | Rejection::FieldsTooLarge { .. } => {
+                    "431 Request Header Fields Too Large\n"
+                }
+                Rejection::UriTooLong { .. } => "414 URI Too Long\n",
+                Rejection::BadHost(_) | Rejection::BadTarget(_) => "400 Bad Request\n",
+            },
             ProxyError::BadRequest(_)
             | ProxyError::ClientAborted(_)
             | ProxyError::MalformedBody(_) => "400 Bad Request\n",
@@ -149,7 +158,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BadRequest(_)
-                | ProxyError::UriTooLong { .. }
+                | ProxyError::Invalid(_)
                 | ProxyError::BodyTimeout(_)
                 | ProxyError::ClientAborted(_)
                 | ProxyError::MalformedBody(_)

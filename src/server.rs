@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ListenConfig;
 use crate::pool::clock_ms;
-use crate::proxy::ProxyService;
+use crate::proxy::{validate, ProxyService};
 use crate::runtime::Runtime;
 
 /// Binds every configured address. Done before anything else starts, so that a taken port is an
@@ -100,19 +100,22 @@ pub async fn serve(
     }
 }
 
-/// The HTTP/1.1 + h2c server settings every connection uses.
+/// The HTTP/1.1 + h2c server settings every connection uses. The head limits leave room for
+/// a request within `max_header_size`, `max_headers` and `max_uri_length` to reach
+/// `proxy::validate`, which holds both protocols to them alike.
 fn http_builder(limits: &ListenConfig) -> auto::Builder<TokioExecutor> {
+    let request_limits = validate::Limits::of(limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_size)
+        .max_buf_size(validate::head_buffer(&request_limits))
         .max_headers(limits.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_header_list_size(validate::header_list_size(&request_limits))
         .max_concurrent_streams(256);
     builder
 }

@@ -8,6 +8,7 @@ pub mod connector;
 pub mod headers;
 pub mod upgrade;
 pub mod upstream;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,10 +107,18 @@ impl ProxyService {
         mut completion: Completion,
     ) -> Response<ResponseBody> {
         let snapshot = self.runtime.snapshot();
+        // One validation step for every request, whatever its protocol, before anything reads it.
+        let host = match validate::check(&request, &validate::Limits::of(&snapshot.config.listen)) {
+            Ok(host) => host,
+            Err(rejection) => return refuse(ProxyError::Invalid(rejection), completion),
+        };
         if let Some(port) = self.redirect_to {
             return redirect_to_https(&request, port, completion);
         }
-        match self.forward(&snapshot, request, &mut completion).await {
+        match self
+            .forward(&snapshot, request, host, &mut completion)
+            .await
+        {
             Ok((response, in_flight)) => {
                 let (parts, body) = response.into_parts();
                 completion.status = parts.status;
@@ -121,34 +130,7 @@ impl ProxyService {
                     ResponseBody::upstream(body, completion, session_fields),
                 )
             }
-            Err(error) => {
-                let status = error.status();
-                let logged_status = error.logged_status();
-                tracing::warn!(
-                    client = %completion.client,
-                    method = %completion.method,
-                    path = %completion.path,
-                    pool = completion.pool.as_deref().unwrap_or("-"),
-                    backend = completion.backend.as_ref().map_or("-", |b| b.config.address.as_str()),
-                    status = logged_status.as_u16(),
-                    reason = %error,
-                    "request answered by tandem"
-                );
-                completion.status = logged_status;
-                let closes = error.closes_connection();
-                let mut response =
-                    Response::new(ResponseBody::local(error.public_body(), completion));
-                *response.status_mut() = status;
-                let headers = response.headers_mut();
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                if closes {
-                    headers.insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
-            }
+            Err(error) => refuse(error, completion),
         }
     }
 
@@ -157,6 +139,7 @@ impl ProxyService {
         &self,
         snapshot: &Snapshot,
         mut request: Request<Incoming>,
+        host: Option<HeaderValue>,
         completion: &mut Completion,
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
         let store = self.runtime.sessions.as_deref();
@@ -167,7 +150,7 @@ impl ProxyService {
             None => (None, SessionHold::default()),
         };
         let cluster = cluster.map(|cluster| &**cluster);
-        let (pool, host) = self.choose_pool(snapshot, &mut request)?;
+        let pool = self.choose_pool(snapshot, &mut request, host.as_ref())?;
         completion.pool = Some(Arc::clone(&pool.name));
         pool.retry_budget.deposit();
         let sticky = pool.config.sticky.as_ref();
@@ -374,77 +357,30 @@ impl ProxyService {
         }
     }
 
-    /// The pool that serves `request` (by Host, or the target's authority, which then also
-    /// becomes the forwarded Host) and that Host, after the target-length check.
+    /// The pool that serves `request` for `host`, the authority [`validate::check`] found. An
+    /// authority from the target (absolute form, HTTP/2's `:authority`) becomes the forwarded
+    /// Host too (RFC 9112 §3.2.2).
     fn choose_pool<'s>(
         &self,
         snapshot: &'s Snapshot,
         request: &mut Request<Incoming>,
-    ) -> Result<(&'s Arc<Pool>, Option<HeaderValue>), ProxyError> {
-        // Authority form (`GET admin HTTP/1.1`, `CONNECT host:443`) is only for CONNECT
-        // tunnels, which a reverse proxy does not open (RFC 9112 §3.2.3).
-        if request.uri().scheme().is_none() && request.uri().authority().is_some() {
-            return Err(ProxyError::BadRequest(
-                "a request target in authority form (CONNECT tunnels are not served)",
-            ));
-        }
-        let target_length = request
-            .uri()
-            .path_and_query()
-            .map_or(0, |pq| pq.as_str().len());
-        if target_length > snapshot.max_uri_length {
-            return Err(ProxyError::UriTooLong {
-                length: target_length,
-                limit: snapshot.max_uri_length,
-            });
-        }
-        // The authority of an absolute-form target (and HTTP/2's :authority) overrides Host
-        // (RFC 9112 §3.2.2); the request is forwarded with that authority as its Host.
-        let host = match request.uri().authority() {
-            Some(authority) => {
-                let value = HeaderValue::from_str(authority.as_str())
-                    .map_err(|_| ProxyError::BadRequest("request authority is not a valid Host"))?;
-                request.headers_mut().insert(HOST, value.clone());
-                Some(value)
-            }
-            None => {
-                // RFC 9112 §3.2: more than one Host, or one that is not a host[:port], is a 400.
-                let mut hosts = request.headers().get_all(HOST).iter();
-                let host = hosts.next().cloned();
-                if hosts.next().is_some() {
-                    return Err(ProxyError::BadRequest("more than one Host header"));
+        host: Option<&HeaderValue>,
+    ) -> Result<&'s Arc<Pool>, ProxyError> {
+        let host_name = match host {
+            Some(host) => {
+                if request.uri().authority().is_some() {
+                    request.headers_mut().insert(HOST, host.clone());
                 }
-                let valid = host.as_ref().is_none_or(|value| {
-                    value
-                        .to_str()
-                        .ok()
-                        .and_then(|text| text.parse::<http::uri::Authority>().ok())
-                        .is_some_and(|authority| !authority.as_str().contains('@'))
-                });
-                if !valid {
-                    return Err(ProxyError::BadRequest("Host is not a host[:port]"));
-                }
-                host
-            }
-        };
-        let host_name = match &host {
-            Some(value) => normalize_host(
-                value
-                    .to_str()
-                    .map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?,
-            ),
-            None if request.version() == Version::HTTP_11 => {
-                return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+                // `check` let only ASCII through.
+                normalize_host(host.to_str().unwrap_or_default())
             }
             None => String::new(),
         };
         let pool_index = snapshot
             .routes
             .lookup(&host_name, request.uri().path())
-            .ok_or_else(|| ProxyError::NoPool {
-                host: host_name.clone(),
-            })?;
-        Ok((&snapshot.pools[pool_index], host))
+            .ok_or(ProxyError::NoPool { host: host_name })?;
+        Ok(&snapshot.pools[pool_index])
     }
 
     /// Rewrites `request`'s head for any backend: hop-by-hop headers out, X-Forwarded-* in,
@@ -650,6 +586,36 @@ impl SessionOutcome<'_> {
         response.headers_mut().append(SET_COOKIE, header);
         Ok(())
     }
+}
+
+/// tandem's own answer to a request it refuses: `error`'s status and public body, with the
+/// reason in the log.
+fn refuse(error: ProxyError, mut completion: Completion) -> Response<ResponseBody> {
+    let status = error.status();
+    let logged_status = error.logged_status();
+    tracing::warn!(
+        client = %completion.client,
+        method = %completion.method,
+        path = %completion.path,
+        pool = completion.pool.as_deref().unwrap_or("-"),
+        backend = completion.backend.as_ref().map_or("-", |b| b.config.address.as_str()),
+        status = logged_status.as_u16(),
+        reason = %error,
+        "request answered by tandem"
+    );
+    completion.status = logged_status;
+    let closes = error.closes_connection();
+    let mut response = Response::new(ResponseBody::local(error.public_body(), completion));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if closes {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// 308 to the same host and target over HTTPS on `port` (the method and body are kept by the

@@ -1021,3 +1021,6 @@ pub async fn wait_backend_status(
         }
     }
 }
+
+/// Raw h2c frames for requests no HTTP/2 library sends (`tests/validation.rs`).
+pub mod raw_h2;
