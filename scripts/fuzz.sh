@@ -11,7 +11,7 @@ command -v c++ >/dev/null || {
     echo "fuzzing needs a C++ compiler for libFuzzer: apt-get install g++ (scripts/install-test-deps.sh does)" >&2
     exit 1
 }
-for target in frame cookies session_update config peer_messages; do
+for target in frame cookies session_update config peer_messages validate; do
     mkdir -p "fuzz/corpus/$target"
     echo "fuzzing $target for ${seconds}s"
     cargo fuzz run "$target" -s none "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

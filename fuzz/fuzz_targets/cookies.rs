@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = tandem::sticky::route_of(id.value, sticky.separator);
         let _ = tandem::sticky::session_key(id.value, sticky);
     }
-    for (id, _route) in tandem::session::cookie::candidates(&headers, &config.session) {
+    for (id, _route) in tandem::session::cookie::candidates(&headers, &path, &config.session) {
         assert!(tandem::session::id::is_well_formed(id));
     }
 });
