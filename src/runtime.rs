@@ -24,8 +24,6 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// Whose X-Forwarded-* headers are believed.
     pub forwarded: ForwardedConfig,
-    /// Longest request target accepted (414 above).
-    pub max_uri_length: usize,
     /// The config this snapshot was built from.
     pub config: Config,
 }
@@ -55,7 +53,6 @@ impl Snapshot {
             routes: RouteTable::new(&config.pools),
             pools,
             forwarded: config.forwarded.clone(),
-            max_uri_length: config.listen.max_uri_length,
             config,
         }
     }
