@@ -1,15 +1,14 @@
 //! Sticky routing in `route` mode: a session id ends in the route of the backend that owns the
 //! session (Tomcat's `<id>.<jvmRoute>`, such as `8F3A41C1.tc1`), carried in a cookie or in the
 //! `;jsessionid=` path parameter. This module only reads ids and cuts routes; which backend a
-//! route names is the pool's business.
+//! route names is the pool's business. It also holds tandem's one reading of the Cookie header,
+//! on its bytes, which every mode's cookie reading, removal and rewrite goes through.
 
-use cookie::Cookie;
 use hmac::{Hmac, Mac};
-use http::header::{HeaderMap, COOKIE};
+use http::header::{HeaderMap, HeaderValue, COOKIE};
 use sha2::Sha256;
 
 use crate::config::{StickyConfig, StickyMode};
-use crate::session::cookie as session_cookie;
 
 /// Most session ids looked at per request: a request carrying thousands of session cookies
 /// (a flood, or a confused client) costs no more than one carrying a few.
@@ -25,7 +24,8 @@ pub struct SessionId<'r> {
 }
 
 /// The session ids a request carries, most trusted first: each configured cookie name in order
-/// (every occurrence, in the order sent), then the URL path parameter.
+/// (every occurrence, in the order sent), then the URL path parameter. Cookies are read on the
+/// header's bytes, so a byte outside visible ASCII in another cookie loses no session.
 pub fn session_ids<'r>(
     headers: &'r HeaderMap,
     path: &'r str,
@@ -33,24 +33,15 @@ pub fn session_ids<'r>(
 ) -> Vec<SessionId<'r>> {
     let mut ids = Vec::new();
     for name in &sticky.cookies {
-        if ids.len() >= MAX_SESSION_IDS {
-            break;
-        }
-        for header in headers.get_all(COOKIE) {
-            let Ok(text) = header.to_str() else { continue };
-            for cookie in Cookie::split_parse(text).flatten() {
-                if cookie.name_raw() == Some(name.as_str()) {
-                    if ids.len() >= MAX_SESSION_IDS {
-                        break;
-                    }
-                    let value = cookie.value_raw().filter(|v| !v.is_empty());
-                    ids.extend(value.map(|value| SessionId {
-                        value,
-                        cookie: Some(name.as_str()),
-                    }));
-                }
-            }
-        }
+        let room = MAX_SESSION_IDS.saturating_sub(ids.len());
+        ids.extend(
+            cookie_values(headers, name)
+                .take(room)
+                .map(|value| SessionId {
+                    value,
+                    cookie: Some(name.as_str()),
+                }),
+        );
     }
     if let Some(parameter) = &sticky.url_parameter {
         ids.extend(path_parameter(path, parameter).map(|value| SessionId {
@@ -61,28 +52,71 @@ pub fn session_ids<'r>(
     ids
 }
 
-/// Replaces the value `from` of cookie `name` with `to` in every Cookie header, leaving every
-/// other cookie as it was sent.
+/// The values of cookie `name` in every Cookie field of `headers`, in the order sent; a value
+/// that is empty or not all visible ASCII names no session and is skipped. Both the sticky
+/// ids and proxy mode's session cookie are read with it.
+pub fn cookie_values<'h, 'n>(
+    headers: &'h HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(cookie_pieces)
+        .map(cookie_name_and_value)
+        .filter(move |(found, _)| *found == name.as_bytes())
+        .filter(|(_, value)| !value.is_empty() && value.iter().all(u8::is_ascii_graphic))
+        // Visible ASCII is UTF-8.
+        .filter_map(|(_, value)| std::str::from_utf8(value).ok())
+}
+
+/// The `;`-separated pieces of one Cookie field, on its bytes: the one reading of the Cookie
+/// grammar in tandem. A byte outside visible ASCII (0xFF from a careless script, in any
+/// cookie) neither hides a cookie from tandem nor lets tandem's own through to a backend.
+pub fn cookie_pieces(field: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    field.as_bytes().split(|&byte| byte == b';')
+}
+
+/// A piece's name and value as cookie parsers read them: around its first `=`, spaces and
+/// tabs trimmed (a piece without `=` is all name).
+pub fn cookie_name_and_value(piece: &[u8]) -> (&[u8], &[u8]) {
+    match piece.iter().position(|&byte| byte == b'=') {
+        Some(at) => (piece[..at].trim_ascii(), piece[at + 1..].trim_ascii()),
+        None => (piece.trim_ascii(), b""),
+    }
+}
+
+/// Replaces the value `from` of cookie `name` with `to` in every Cookie header, on the
+/// header's bytes: every other byte, in that cookie and the others, goes on as it was sent.
 pub fn rewrite_cookie(headers: &mut HeaderMap, name: &str, from: &str, to: &str) {
-    let before = format!("{name}={from}");
-    let http::header::Entry::Occupied(mut cookies) = headers.entry(COOKIE) else {
+    let http::header::Entry::Occupied(mut fields) = headers.entry(COOKIE) else {
         return;
     };
-    for header in cookies.iter_mut() {
-        let Ok(text) = header.to_str() else { continue };
-        let pairs: Vec<String> = text
-            .split(';')
-            .map(|pair| {
-                if pair.trim() == before {
-                    let indent = &pair[..pair.len() - pair.trim_start().len()];
-                    format!("{indent}{name}={to}")
-                } else {
-                    pair.to_string()
+    for field in fields.iter_mut() {
+        let mut rewritten = Vec::with_capacity(field.len() + to.len());
+        let mut changed = false;
+        for (index, piece) in cookie_pieces(field).enumerate() {
+            if index > 0 {
+                rewritten.push(b';');
+            }
+            match cookie_name_and_value(piece) {
+                (found, value) if found == name.as_bytes() && value == from.as_bytes() => {
+                    // `value` lies inside `piece`: keep the bytes around it.
+                    let start = value.as_ptr() as usize - piece.as_ptr() as usize;
+                    rewritten.extend_from_slice(&piece[..start]);
+                    rewritten.extend_from_slice(to.as_bytes());
+                    rewritten.extend_from_slice(&piece[start + value.len()..]);
+                    changed = true;
                 }
-            })
-            .collect();
-        if let Ok(value) = http::HeaderValue::from_str(&pairs.join(";")) {
-            *header = value;
+                _ => rewritten.extend_from_slice(piece),
+            }
+        }
+        // `to` is an id the backends set in a cookie, so the result is a valid value.
+        if let Some(value) = changed
+            .then(|| HeaderValue::from_bytes(&rewritten).ok())
+            .flatten()
+        {
+            *field = value;
         }
     }
 }
@@ -146,23 +180,21 @@ fn route_mac(secret: &str, pool: &str, route: &str) -> Hmac<Sha256> {
 /// not the backend's business), however the header's other bytes look and with the name read
 /// as cookie parsers read it; a header left empty is removed.
 pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    let named = |piece: &&[u8]| session_cookie::name_and_value(piece).0 == name.as_bytes();
+    let named = |piece: &&[u8]| cookie_name_and_value(piece).0 == name.as_bytes();
     let fields = headers.get_all(COOKIE);
     if !fields
         .iter()
-        .any(|field| session_cookie::pieces(field).any(|piece| named(&piece)))
+        .any(|field| cookie_pieces(field).any(|piece| named(&piece)))
     {
         return;
     }
     // On bytes: the other cookies go on as they came, whatever bytes they hold.
-    let kept: Vec<http::HeaderValue> = fields
+    let kept: Vec<HeaderValue> = fields
         .iter()
         .filter_map(|field| {
-            let others: Vec<&[u8]> = session_cookie::pieces(field)
-                .filter(|piece| !named(piece))
-                .collect();
+            let others: Vec<&[u8]> = cookie_pieces(field).filter(|piece| !named(piece)).collect();
             // What remains of a valid value is valid.
-            http::HeaderValue::from_bytes(others.join(&b';').trim_ascii())
+            HeaderValue::from_bytes(others.join(&b';').trim_ascii())
                 .ok()
                 .filter(|value| !value.is_empty())
         })
@@ -188,7 +220,7 @@ pub fn route_of(id: &str, separator: char) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use HeaderValue;
 
     fn tomcat() -> StickyConfig {
         StickyConfig {
@@ -226,6 +258,19 @@ mod tests {
         ] {
             assert_eq!(verified_route(secret, "web", junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn pieces_are_named_on_bytes_as_cookie_parsers_name_them() {
+        let field = HeaderValue::from_bytes(b"a=\xff1;  S = v.r ;bare; b=x=y").unwrap();
+        let named: Vec<(&[u8], &[u8])> = cookie_pieces(&field).map(cookie_name_and_value).collect();
+        let expected: [(&[u8], &[u8]); 4] = [
+            (b"a", b"\xff1"),
+            (b"S", b"v.r"),
+            (b"bare", b""),
+            (b"b", b"x=y"),
+        ];
+        assert_eq!(named, expected);
     }
 
     #[test]
@@ -312,6 +357,39 @@ mod tests {
         );
         rewrite_cookie(&mut headers, "JSESSIONID", "X.tc2", "X.tc1");
         assert_eq!(headers[COOKIE], "theme=X.tc2; JSESSIONID=X.tc1;lang=en");
+    }
+
+    #[test]
+    fn ids_and_rewrites_go_by_bytes_beside_non_ascii_cookies() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"a=\xff; JSESSIONID = X.tc2 ;b=\xfe2").unwrap(),
+        );
+        headers.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"JSESSIONID=\xffY.tc1; JSESSIONID=Z.tc3").unwrap(),
+        );
+        let sticky = tomcat();
+        let ids = session_ids(&headers, "/", &sticky);
+        assert_eq!(
+            ids.iter().map(|id| id.value).collect::<Vec<_>>(),
+            vec!["X.tc2", "Z.tc3"],
+            "a non-ASCII value names no session; the others are read"
+        );
+        rewrite_cookie(&mut headers, "JSESSIONID", "X.tc2", "X.tc1");
+        let fields: Vec<&[u8]> = headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                &b"a=\xff; JSESSIONID = X.tc1 ;b=\xfe2"[..],
+                &b"JSESSIONID=\xffY.tc1; JSESSIONID=Z.tc3"[..],
+            ]
+        );
     }
 
     #[test]

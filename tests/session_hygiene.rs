@@ -1,7 +1,9 @@
 //! Proxy mode's promise that nothing under the session prefix crosses tandem, and that
 //! tandem's cookies never reach a backend, wherever a field can travel: trailers over HTTP/1.1
 //! and HTTP/2 in both directions, the `Trailer` list announcing them, 1xx interim responses,
-//! and Cookie headers whose bytes are not all visible ASCII.
+//! and Cookie headers whose bytes are not all visible ASCII. Such headers also keep their
+//! sticky affinity (`route` and `insert` modes) and get a takeover's rewrite, and an HTTP/2
+//! client's split Cookie fields reach the backend as one.
 
 mod support;
 
@@ -565,7 +567,8 @@ const COOKIE_ROWS: &[CookieRow] = &[
 ];
 
 /// Sends every row of [`COOKIE_ROWS`] over `protocol` with `pair` (`NAME=value`) as `{N}={V}`, and
-/// checks what `backend` received: never `pair`'s cookie, the others byte for byte. With
+/// checks what `backend` received: never `pair`'s cookie, the others byte for byte (in one
+/// field over HTTP/2). With
 /// `session_id`, the backend must also get that session when tandem could read it.
 async fn check_cookie_rows(
     tandem: &Tandem,
@@ -599,7 +602,12 @@ async fn check_cookie_rows(
             !shown.iter().any(|value| value.contains(name)),
             "{what}: {name} reached the backend in {shown:?}"
         );
-        assert_eq!(cookies, row.arrives, "{what}: {shown:?}");
+        let arrives: Vec<Vec<u8>> = row.arrives.iter().map(|field| field.to_vec()).collect();
+        assert_eq!(
+            cookies,
+            as_forwarded(protocol, &arrives),
+            "{what}: {shown:?}"
+        );
         if let Some(id) = session_id {
             let got = received.get("x-tandem-session-id").map(|v| v.as_bytes());
             let expected = row.readable.then_some(id.as_bytes());
@@ -655,4 +663,257 @@ async fn the_insert_mode_cookie_never_reaches_a_backend_whatever_bytes_come_with
     for protocol in [Protocol::Http1, Protocol::Http2] {
         check_cookie_rows(&tandem, &backend, protocol, pair, None).await;
     }
+}
+
+/// GET `path` over `protocol` with one Cookie field per entry of `cookies` (raw bytes).
+async fn get_with_cookies(
+    tandem: &Tandem,
+    protocol: Protocol,
+    path: &str,
+    cookies: &[&[u8]],
+) -> Answer {
+    let client = match protocol {
+        Protocol::Http1 => client(),
+        Protocol::Http2 => h2c_client(),
+    };
+    let mut request = http::Request::get(tandem.url(path));
+    for cookie in cookies {
+        request = request.header("cookie", HeaderValue::from_bytes(cookie).unwrap());
+    }
+    send(&client, request.body(empty()).unwrap()).await
+}
+
+/// The Cookie fields `backend` received last, as bytes.
+fn cookies_received(backend: &Backend) -> Vec<Vec<u8>> {
+    let received = backend.last_headers.lock().unwrap().clone().unwrap();
+    received
+        .get_all("cookie")
+        .iter()
+        .map(|value| value.as_bytes().to_vec())
+        .collect()
+}
+
+/// The Cookie fields a backend gets for `sent` over `protocol`: as sent over HTTP/1.1, joined
+/// into one with `; ` over HTTP/2 (RFC 9113 §8.2.3).
+fn as_forwarded(protocol: Protocol, sent: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    match protocol {
+        Protocol::Http1 => sent.to_vec(),
+        Protocol::Http2 if sent.is_empty() => Vec::new(),
+        Protocol::Http2 => vec![sent.join(&b"; "[..])],
+    }
+}
+
+/// Where a session cookie (`{S}`) sits among cookies holding bytes outside visible ASCII.
+const BESIDE_NON_ASCII: &[&[&[u8]]] = &[
+    &[b"theme=\xffdark; {S}"],
+    &[b"{S}; theme=dark\xff"],
+    &[b"a=1; theme=\xfe\xff; {S}; b=2"],
+    &[b"theme=\xff", b"{S}"],
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_byte_in_another_cookie_keeps_route_affinity() {
+    let backends = three_backends().await;
+    let tandem = Tandem::start(&config(&pool(
+        "web",
+        "round_robin",
+        "",
+        &[&backends[0], &backends[1], &backends[2]],
+    )));
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        for row in BESIDE_NON_ASCII {
+            let sent: Vec<Vec<u8>> = row
+                .iter()
+                .map(|field| replace_bytes(field, b"{S}", "JSESSIONID=8F3A.b"))
+                .collect();
+            let fields: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+            for turn in 0..4 {
+                let what = format!(
+                    "{protocol:?}, {:?}, turn {turn}",
+                    String::from_utf8_lossy(row[0])
+                );
+                let answer = get_with_cookies(&tandem, protocol, "/", &fields).await;
+                assert_eq!(answer.body, "b", "{what}: the session's backend");
+                assert_eq!(
+                    cookies_received(&backends[1]),
+                    as_forwarded(protocol, &sent),
+                    "{what}: the cookies go on byte for byte"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_byte_in_another_cookie_keeps_insert_mode_affinity() {
+    let backends = three_backends().await;
+    let insert = "[pool.sticky]\nmode = \"insert\"\nsecret = \"a long enough test secret\"\n";
+    let tandem = Tandem::start(&config(&pool(
+        "web",
+        "round_robin",
+        insert,
+        &[&backends[0], &backends[1], &backends[2]],
+    )));
+    let first = get(&client(), &tandem.url("/")).await;
+    let set = first.headers["set-cookie"].to_str().unwrap();
+    let pair = set.split(';').next().unwrap();
+    assert!(pair.starts_with("TANDEMROUTE="), "{set}");
+    let owner = backends.iter().find(|b| b.name == first.body).unwrap();
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        for row in BESIDE_NON_ASCII {
+            let sent: Vec<Vec<u8>> = row
+                .iter()
+                .map(|field| replace_bytes(field, b"{S}", pair))
+                .collect();
+            let fields: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+            for turn in 0..4 {
+                let what = format!(
+                    "{protocol:?}, {:?}, turn {turn}",
+                    String::from_utf8_lossy(row[0])
+                );
+                let answer = get_with_cookies(&tandem, protocol, "/", &fields).await;
+                assert_eq!(answer.body, first.body, "{what}: the cookie's backend");
+                assert!(
+                    answer.headers.get("set-cookie").is_none(),
+                    "{what}: the cookie is right already"
+                );
+                // What the backend gets: the others, byte for byte, without tandem's.
+                let others: Vec<Vec<u8>> = row
+                    .iter()
+                    .map(|field| {
+                        let field = replace_bytes(field, b"; {S}", "");
+                        replace_bytes(&field, b"{S}; ", "")
+                    })
+                    .filter(|field| field.as_slice() != b"{S}")
+                    .collect();
+                assert_eq!(
+                    cookies_received(owner),
+                    as_forwarded(protocol, &others),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_session_is_rewritten_whatever_bytes_come_with_it() {
+    let backends = three_backends().await;
+    let tandem = Tandem::start(&config(&pool(
+        "web",
+        "round_robin",
+        "",
+        &[&backends[0], &backends[1], &backends[2]],
+    )));
+    let login = get(&client(), &tandem.url("/app/login")).await;
+    let owner = login.body.clone();
+    let old_id = format!("S1.{owner}");
+    backends
+        .iter()
+        .find(|b| b.name == owner)
+        .unwrap()
+        .kill()
+        .await;
+    let moved = get_with_cookies(
+        &tandem,
+        Protocol::Http1,
+        "/app/whoami",
+        &[format!("JSESSIONID={old_id}").as_bytes()],
+    )
+    .await;
+    let (taker, _) = moved.body.split_once(' ').unwrap();
+    assert_ne!(taker, owner);
+    tandem.wait_log("session route taken over");
+    let taker = backends.iter().find(|b| b.name == taker).unwrap();
+    let new_id = format!("S1.{}", taker.name);
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        // The client holds the new id (the move's Set-Cookie) or still the old one.
+        for held in [&new_id, &old_id] {
+            for row in BESIDE_NON_ASCII {
+                let what = format!(
+                    "{protocol:?}, {held}, {:?}",
+                    String::from_utf8_lossy(row[0])
+                );
+                let with = |id: &str| -> Vec<Vec<u8>> {
+                    row.iter()
+                        .map(|field| replace_bytes(field, b"{S}", &format!("JSESSIONID={id}")))
+                        .collect()
+                };
+                let sent = with(held);
+                let fields: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+                let answer = get_with_cookies(&tandem, protocol, "/app/whoami", &fields).await;
+                assert_eq!(answer.headers["x-backend"], taker.name.as_str(), "{what}");
+                assert_eq!(
+                    cookies_received(taker),
+                    as_forwarded(protocol, &with(&old_id)),
+                    "{what}: the id the backends know, every other byte as sent"
+                );
+            }
+        }
+    }
+}
+
+/// Sends a GET with one `cookie` field per entry of `cookies` over h2c, through the `h2` crate
+/// (so that each is its own field on the wire); returns the status.
+async fn h2_get_with_split_cookies(tandem: &Tandem, cookies: &[&str]) -> u16 {
+    let exchange = async {
+        let tcp = TcpStream::connect(tandem.address).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        let mut request = http::Request::get(tandem.url("/session"));
+        for cookie in cookies {
+            request = request.header("cookie", *cookie);
+        }
+        let (response, _) = h2.send_request(request.body(()).unwrap(), true).unwrap();
+        response.await.unwrap().status().as_u16()
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("an answer within the deadline")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_clients_split_cookie_fields_reach_the_backend_as_one() {
+    let backend = Backend::start("a").await;
+    let plain = Tandem::start(&config(&pool("app", "round_robin", "", &[&backend])));
+    assert_eq!(
+        h2_get_with_split_cookies(&plain, &["a=1", "b=2", "c=3"]).await,
+        200
+    );
+    assert_eq!(cookies_received(&backend), [b"a=1; b=2; c=3".to_vec()]);
+
+    // With tandem's own cookie among them, in proxy and insert mode: it goes, the rest is one.
+    let proxy = Tandem::start(&config(&format!(
+        "[session]\nmode = \"proxy\"\n\n{}",
+        pool("app", "round_robin", "", &[&backend])
+    )));
+    let insert = "[pool.sticky]\nmode = \"insert\"\nsecret = \"a long enough test secret\"\n";
+    let insert = Tandem::start(&config(&pool("app", "round_robin", insert, &[&backend])));
+    for (tandem, name) in [(&proxy, "TANDEMSESSION"), (&insert, "TANDEMROUTE")] {
+        let login = get_with(
+            &client(),
+            &tandem.url("/session"),
+            &[("x-respond-x-tandem-session-patch", r#"{"n":1}"#)],
+        )
+        .await;
+        let set = login.headers["set-cookie"].to_str().unwrap();
+        let pair = set.split(';').next().unwrap();
+        assert!(pair.starts_with(&format!("{name}=")), "{set}");
+        let status = h2_get_with_split_cookies(tandem, &["a=1", pair, "b=2", "c=3"]).await;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(
+            cookies_received(&backend),
+            [b"a=1; b=2; c=3".to_vec()],
+            "{name}"
+        );
+    }
+
+    // An HTTP/1.1 client's fields go on as it sent them.
+    let answer = get_with_cookies(&plain, Protocol::Http1, "/", &[b"a=1", b"b=2"]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        cookies_received(&backend),
+        [b"a=1".to_vec(), b"b=2".to_vec()]
+    );
 }

@@ -1,11 +1,12 @@
-//! Header hygiene between client and backend: hop-by-hop headers (RFC 9110 §7.6.1) and the
-//! X-Forwarded-* family.
+//! Header hygiene between client and backend: hop-by-hop headers (RFC 9110 §7.6.1), the
+//! X-Forwarded-* family, and an HTTP/2 client's split Cookie fields.
 
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
 };
+use http::Version;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -97,6 +98,27 @@ pub fn set_forwarded(
     }
 }
 
+/// Joins the Cookie fields of a request that came over HTTP/2 into one, `; ` between them, as
+/// RFC 9113 §8.2.3 requires when forwarding to HTTP/1.1 (an HTTP/2 client may send each cookie
+/// in its own field, for HPACK). An HTTP/1.1 client's fields go on as it sent them: it should
+/// have sent one (RFC 6265 §5.4), and the backend gets what it would have got directly.
+pub fn join_split_cookies(from: Version, headers: &mut HeaderMap) {
+    if from != Version::HTTP_2 {
+        return;
+    }
+    let http::header::Entry::Occupied(mut fields) = headers.entry(COOKIE) else {
+        return;
+    };
+    if fields.iter().nth(1).is_none() {
+        return;
+    }
+    let parts: Vec<&[u8]> = fields.iter().map(HeaderValue::as_bytes).collect();
+    // Valid values joined by `; ` make a valid value.
+    if let Ok(joined) = HeaderValue::from_bytes(&parts.join(&b"; "[..])) {
+        fields.insert(joined);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +158,23 @@ mod tests {
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.1"));
         set_forwarded(&mut headers, client, "http", None, true);
         assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.1, 192.0.2.7");
+    }
+
+    #[test]
+    fn only_an_h2_requests_cookie_fields_are_joined() {
+        let split = || {
+            let mut headers = HeaderMap::new();
+            for cookie in ["a=1", "b=2", "c=3"] {
+                headers.append(COOKIE, HeaderValue::from_static(cookie));
+            }
+            headers
+        };
+        let mut from_h2 = split();
+        join_split_cookies(Version::HTTP_2, &mut from_h2);
+        let joined: Vec<_> = from_h2.get_all(COOKIE).iter().collect();
+        assert_eq!(joined, ["a=1; b=2; c=3"]);
+        let mut from_h1 = split();
+        join_split_cookies(Version::HTTP_11, &mut from_h1);
+        assert_eq!(from_h1, split());
     }
 }

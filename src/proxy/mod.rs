@@ -384,7 +384,7 @@ impl ProxyService {
     }
 
     /// Rewrites `request`'s head for any backend: hop-by-hop headers out, X-Forwarded-* in,
-    /// HTTP/1.1. Returns the client side of a requested protocol switch.
+    /// an HTTP/2 client's Cookie fields joined, HTTP/1.1. Returns the client side of a requested protocol switch.
     fn prepare(
         &self,
         request: &mut Request<Incoming>,
@@ -399,6 +399,7 @@ impl ProxyService {
             }
             _ => None,
         };
+        headers::join_split_cookies(request.version(), request.headers_mut());
         *request.version_mut() = Version::HTTP_11;
         let trusted = snapshot
             .forwarded

@@ -2,7 +2,7 @@
 //! configured attributes, read back from the Cookie header.
 
 use cookie::Cookie;
-use http::header::{HeaderMap, HeaderValue, COOKIE};
+use http::header::{HeaderMap, HeaderValue};
 
 use super::id;
 use crate::config::SessionConfig;
@@ -27,41 +27,10 @@ pub fn candidates<'h>(
         .and_then(|name| crate::sticky::path_parameter(path, name))
         .and_then(|value| id::parse(value, config.separator));
     found.extend(in_url);
-    for header in headers.get_all(COOKIE) {
-        for piece in pieces(header) {
-            let (name, value) = name_and_value(piece);
-            if name != config.cookie.name.as_bytes() {
-                continue;
-            }
-            if let Some(pair) = std::str::from_utf8(value)
-                .ok()
-                .and_then(|value| id::parse(value, config.separator))
-            {
-                found.push(pair);
-                if found.len() == MAX_CANDIDATES {
-                    return found;
-                }
-            }
-        }
-    }
+    let in_cookies = crate::sticky::cookie_values(headers, &config.cookie.name)
+        .filter_map(|value| id::parse(value, config.separator));
+    found.extend(in_cookies.take(MAX_CANDIDATES - found.len()));
     found
-}
-
-/// The `;`-separated pieces of one Cookie field, on its bytes: a byte outside visible ASCII
-/// (0xFF from a careless script, in any cookie) neither hides tandem's cookie from tandem nor
-/// lets it through to a backend. Proxy mode reads its cookie with these, and
-/// `sticky::remove_cookie` removes tandem's cookies with them.
-pub fn pieces(field: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    field.as_bytes().split(|&byte| byte == b';')
-}
-
-/// A piece's name and value as cookie parsers read them: around its first `=`, spaces and
-/// tabs trimmed (a piece without `=` is all name).
-pub fn name_and_value(piece: &[u8]) -> (&[u8], &[u8]) {
-    match piece.iter().position(|&byte| byte == b'=') {
-        Some(at) => (piece[..at].trim_ascii(), piece[at + 1..].trim_ascii()),
-        None => (piece.trim_ascii(), b""),
-    }
 }
 
 /// `path` without its `;name=value` parameters named `name` (what the backend gets when the
@@ -125,19 +94,6 @@ fn header(cookie: Cookie<'_>) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pieces_are_named_on_bytes_as_cookie_parsers_name_them() {
-        let field = HeaderValue::from_bytes(b"a=\xff1;  S = v.r ;bare; b=x=y").unwrap();
-        let named: Vec<(&[u8], &[u8])> = pieces(&field).map(name_and_value).collect();
-        let expected: [(&[u8], &[u8]); 4] = [
-            (b"a", b"\xff1"),
-            (b"S", b"v.r"),
-            (b"bare", b""),
-            (b"b", b"x=y"),
-        ];
-        assert_eq!(named, expected);
-    }
 
     #[test]
     fn only_the_named_path_parameter_is_removed() {
