@@ -37,6 +37,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 # tests/soak.rs: wrk (HTTP/1.1) and h2load (HTTP/2) as load generators.
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+# tests/replication.rs: a peer whose clock runs ahead (libfaketime, preloaded into tandem).
+command -v faketime >/dev/null || need_apt+=(faketime)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     install=(apt-get install -y -q --no-install-recommends "${need_apt[@]}")

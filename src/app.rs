@@ -96,8 +96,11 @@ impl App {
                     Loaded::Nothing => {
                         tracing::info!(file = %path.display(), "no session snapshot; starting empty")
                     }
-                    Loaded::Sessions(count) => {
-                        tracing::info!(file = %path.display(), sessions = count, "sessions read back from the snapshot")
+                    Loaded::Sessions { read, refused } => {
+                        tracing::info!(file = %path.display(), sessions = read, "sessions read back from the snapshot");
+                        if refused > 0 {
+                            tracing::warn!(file = %path.display(), sessions = refused, allowance = ?crate::session::clock::SKEW_ALLOWANCE, "sessions of the snapshot refused: created ahead of this node's clock (the file was written under a clock that ran ahead)");
+                        }
                     }
                     Loaded::Corrupt { reason, moved_to } => tracing::error!(
                         file = %path.display(),

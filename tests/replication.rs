@@ -175,7 +175,6 @@ async fn written_through_one_peer_read_through_the_others_and_ended_everywhere()
         wait_for(tandem, &cookie, &Value::Null).await;
     }
     // The traffic shows in the metrics.
-    let metrics = get(&client(), &nodes[1].admin_url("/metrics")).await.body;
     for series in [
         "tandem_replication_messages_total{direction=\"received\",kind=\"upsert\"}",
         "tandem_replication_messages_total{direction=\"sent\",kind=\"ended\"}",
@@ -183,10 +182,7 @@ async fn written_through_one_peer_read_through_the_others_and_ended_everywhere()
         // Node n1's changes (the logout) were acknowledged by n0: one lag observed at least.
         "tandem_replication_lag_seconds_count{peer=\"n0\"}",
     ] {
-        let value: f64 = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series}"));
+        let value = metric(&nodes[1], series).await;
         assert!(value > 0.0, "{series} = {value}");
     }
 }
@@ -369,14 +365,8 @@ async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
     )
     .await;
 
-    let sent = |metrics: &str| -> f64 {
-        let series = "tandem_replication_bytes_total{direction=\"sent\"}";
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap()
-    };
-    let before = sent(&get(&client(), &nodes[0].admin_url("/metrics")).await.body);
+    let sent = "tandem_replication_bytes_total{direction=\"sent\"}";
+    let before = metric(&nodes[0], sent).await;
     for relay in &relays {
         relay.heal();
     }
@@ -397,7 +387,7 @@ async fn writes_on_both_sides_of_a_partition_are_all_present_after_it_heals() {
         .await;
     }
     // The heal exchanged digests: what both sides held alike did not travel again.
-    let after = sent(&get(&client(), &nodes[0].admin_url("/metrics")).await.body);
+    let after = metric(&nodes[0], sent).await;
     assert!(
         after - before < 50_000.0,
         "{} bytes sent to heal a partition over 200 KB of shared state",
@@ -768,4 +758,205 @@ async fn with_session_locks_a_shared_counter_loses_no_acknowledged_increment_pas
             tandem.url("")
         );
     }
+}
+
+/// Where Debian's `faketime` package puts libfaketime, the preload library that shifts the
+/// clock of the process it is loaded into (`SystemTime::now` included).
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.exists());
+    found
+        .expect("libfaketime not found: install Debian's faketime (scripts/install-test-deps.sh)")
+        .display()
+        .to_string()
+}
+
+/// Starts tandem on `config` with its wall clock `offset` from the real one (libfaketime's
+/// syntax: `+10m`, `+10s`); the monotonic clock, which timers run on, stays true.
+fn start_skewed(config: &str, offset: &str) -> Tandem {
+    let library = libfaketime();
+    Tandem::start_with_env(
+        config,
+        &[
+            ("LD_PRELOAD", &library),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+}
+
+/// Unix ms on the test's (true) clock.
+fn real_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Session `id` as `tandem`'s session API shows it, if live there.
+async fn session_view(tandem: &Tandem, id: &str) -> Option<Value> {
+    let url = tandem.admin_url(&format!("/api/sessions/{id}"));
+    let authorization = format!("Bearer {TOKEN}");
+    let answer = get_with(&client(), &url, &[("authorization", &authorization)]).await;
+    match answer.status.as_u16() {
+        200 => Some(serde_json::from_str(&answer.body).unwrap()),
+        404 => None,
+        status => panic!("session API answered {status}: {}", answer.body),
+    }
+}
+
+/// The value of the metric series `series` (name and labels, as printed) on `tandem`.
+async fn metric(tandem: &Tandem, series: &str) -> f64 {
+    let metrics = get(&client(), &tandem.admin_url("/metrics")).await.body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+/// Waits until session `id` is no longer live on `tandem`, failing if it still is at `by`.
+async fn wait_gone_by(tandem: &Tandem, id: &str, by: Instant, what: &str) {
+    loop {
+        let Some(view) = session_view(tandem, id).await else {
+            return;
+        };
+        assert!(
+            Instant::now() < by,
+            "{what}: the session is still served past its timeouts: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_created_by_a_peer_whose_clock_runs_ten_minutes_ahead_outlives_no_timeout() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port()];
+    let healthy = Tandem::start(&node(0, &ports, &backend));
+    let skewed = start_skewed(&node(1, &ports, &backend), "+10m");
+    healthy.wait_ready().await;
+    skewed.wait_ready().await;
+
+    // A session with a 4 s idle and a 12 s absolute timeout, created through the skewed peer.
+    let created = Instant::now();
+    let (_, cookie) = call(
+        &skewed,
+        None,
+        &[
+            ("x-tandem-session-patch", r#"{"cart":["apple"]}"#),
+            ("x-tandem-session-idle-timeout", "4"),
+            ("x-tandem-session-absolute-timeout", "12"),
+        ],
+    )
+    .await;
+    let cookie = cookie.expect("a session cookie");
+    let id = cookie.split(['=', '.']).nth(1).unwrap().to_string();
+    let there = session_view(&skewed, &id)
+        .await
+        .expect("live where created");
+    let ahead_s = (there["created_ms"].as_u64().unwrap() as i64 - real_now_ms() as i64) / 1000;
+    assert!(
+        (590..=610).contains(&ahead_s),
+        "the fake clock did not take: created {ahead_s} s ahead"
+    );
+
+    // The healthy peer hears of it: it holds the session, or refuses it for its creation time.
+    let refused = "tandem_session_updates_rejected_total{reason=\"clock_skew\"}";
+    let until = Instant::now() + DEADLINE;
+    while session_view(&healthy, &id).await.is_none() && metric(&healthy, refused).await < 1.0 {
+        assert!(Instant::now() < until, "the healthy peer never heard of it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(skewed);
+
+    // Gone by its creation plus its absolute timeout (on the true clock), with a little slack.
+    let by = created + Duration::from_secs(12 + 3);
+    wait_gone_by(&healthy, &id, by, "created ten minutes ahead").await;
+    let (seen, _) = call(&healthy, Some(&cookie), &[]).await;
+    assert_eq!(seen["data"], Value::Null, "served by the healthy peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uses_through_a_peer_whose_clock_runs_ahead_do_not_stretch_the_idle_timeout() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port()];
+    let healthy = Tandem::start(&node(0, &ports, &backend));
+    // Ahead by more than the allowance, by less than the idle timeout (or the skewed peer
+    // would see the session as expired on arrival).
+    let skewed = start_skewed(&node(1, &ports, &backend), "+10s");
+    healthy.wait_ready().await;
+    skewed.wait_ready().await;
+
+    let (_, cookie) = call(
+        &healthy,
+        None,
+        &[
+            ("x-tandem-session-patch", r#"{"n":1}"#),
+            ("x-tandem-session-idle-timeout", "15"),
+            ("x-tandem-session-absolute-timeout", "60"),
+        ],
+    )
+    .await;
+    let cookie = cookie.expect("a session cookie");
+    let id = cookie.split(['=', '.']).nth(1).unwrap().to_string();
+    // Used through the skewed peer: a touch and a delta, each with a last use 10 s ahead.
+    wait_for(&skewed, &cookie, &json!({"n": 1})).await;
+    call(
+        &skewed,
+        Some(&cookie),
+        &[("x-tandem-session-patch", r#"{"n":2}"#)],
+    )
+    .await;
+    let last_use = Instant::now();
+    let until = last_use + DEADLINE;
+    let view = loop {
+        let view = session_view(&healthy, &id)
+            .await
+            .expect("live on the healthy peer");
+        if view["attributes"]["n"] == 2 {
+            break view;
+        }
+        assert!(Instant::now() < until, "the delta never arrived: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let merged_ms = real_now_ms();
+    drop(skewed);
+    // Gone by the last use plus the idle timeout, with a little slack (touches are batched).
+    let by = last_use + Duration::from_secs(15 + 4);
+    wait_gone_by(&healthy, &id, by, "used through a peer 10 s ahead").await;
+    assert!(
+        view["last_access_ms"].as_u64().unwrap() <= merged_ms + 5_000,
+        "a last use in this node's future: {view}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_written_under_a_clock_ten_minutes_ahead_brings_back_no_session_from_it() {
+    let backend = Backend::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("sessions.snapshot");
+    let single = config(&format!(
+        "[session]\nmode = \"proxy\"\nsnapshot = \"{}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n{}",
+        snapshot.display(),
+        pool("app", "round_robin", "[pool.sticky]\nmode = \"off\"", &[&backend])
+    ));
+    let mut skewed = start_skewed(&single, "+10m");
+    let cookie = new_counter(&skewed).await;
+    let id = cookie.split(['=', '.']).nth(1).unwrap().to_string();
+    skewed.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(skewed.wait_exit().success());
+    assert!(snapshot.exists(), "no snapshot written");
+
+    let healthy = Tandem::start(&single);
+    assert_eq!(
+        session_view(&healthy, &id).await,
+        None,
+        "read back from the future"
+    );
+    let refused = "tandem_session_updates_rejected_total{reason=\"clock_skew\"}";
+    assert_eq!(metric(&healthy, refused).await, 1.0);
 }

@@ -70,7 +70,12 @@ impl Session {
     pub fn expires_ms(&self) -> u64 {
         self.last_access_ms
             .saturating_add(self.idle_timeout_ms)
-            .min(self.created_ms.saturating_add(self.absolute_timeout_ms))
+            .min(self.absolute_deadline_ms())
+    }
+
+    /// Unix ms at which the session expires however it is used: its absolute timeout.
+    pub fn absolute_deadline_ms(&self) -> u64 {
+        self.created_ms.saturating_add(self.absolute_timeout_ms)
     }
 }
 
@@ -222,11 +227,21 @@ pub enum Rejection {
         /// The limit.
         limit: usize,
     },
+    /// A session from a peer or a snapshot file was created later than this node's clock
+    /// allows (`clock::SKEW_ALLOWANCE`): the clock that stamped it runs ahead, and taking it
+    /// as it is would keep the session past its timeouts.
+    #[error("the session was created {ahead_ms} ms ahead of this node's clock, more than the allowance of {allowance_ms} ms")]
+    ClockSkew {
+        /// How far ahead of this node's clock the creation time is.
+        ahead_ms: u64,
+        /// The allowance.
+        allowance_ms: u64,
+    },
 }
 
 impl Rejection {
     /// Every value [`Rejection::reason`] returns.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "malformed",
         "unknown_command",
         "bad_timeout",
@@ -234,6 +249,7 @@ impl Rejection {
         "attribute_too_large",
         "session_too_large",
         "too_many_sessions",
+        "clock_skew",
     ];
 
     /// A short fixed name for metric labels.
@@ -246,6 +262,7 @@ impl Rejection {
             Rejection::AttributeTooLarge { .. } => "attribute_too_large",
             Rejection::SessionTooLarge { .. } => "session_too_large",
             Rejection::TooManySessions { .. } => "too_many_sessions",
+            Rejection::ClockSkew { .. } => "clock_skew",
         }
     }
 }

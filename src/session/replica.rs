@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::clock::Clock;
-use super::{encoding, Change, Origin, Session, SessionStore};
+use super::clock::{self, Clock};
+use super::{encoding, Change, Origin, Rejection, Session, SessionStore};
 
 /// When a write happened, totally ordered across the cluster: a hybrid logical clock reading
 /// (`unix ms << 16 | counter`), then the writing node.
@@ -346,7 +346,32 @@ impl SessionStore {
         (entry.expires_ms() > now).then(|| Replicated::upsert(id, entry.value(), None))
     }
 
-    /// Merges a peer's message into this store. Nothing here is sent on to other peers.
+    /// Refuses (`Err`, counted) a session from elsewhere created later than this node's clock
+    /// `now_ms` allows (`clock::SKEW_ALLOWANCE`).
+    pub(super) fn check_foreign_creation(
+        &self,
+        created_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        clock::check_foreign_creation(created_ms, now_ms).map_err(|ahead_ms| {
+            self.reject(Rejection::ClockSkew {
+                ahead_ms,
+                allowance_ms: clock::SKEW_ALLOWANCE.as_millis() as u64,
+            })
+        })
+    }
+
+    /// A session's idle and absolute timeouts from elsewhere, in ms, held to this node's
+    /// `max_idle_timeout` and `max_absolute_timeout`, as a backend's would be.
+    pub(super) fn within_maxima(&self, idle_ms: u64, absolute_ms: u64) -> (u64, u64) {
+        (
+            idle_ms.min(self.config.max_idle_timeout.as_millis() as u64),
+            absolute_ms.min(self.config.max_absolute_timeout.as_millis() as u64),
+        )
+    }
+
+    /// Merges a peer's message into this store, its times judged against this node's clock
+    /// (`clock::SKEW_ALLOWANCE`). Nothing here is sent on to other peers.
     pub fn merge_remote(&self, message: Replicated) {
         match message {
             // Sticky placements are the pools' business; fetches and locks the cluster's.
@@ -362,7 +387,9 @@ impl SessionStore {
                 self.end_with(&id, super::EndReason::Invalidated, Origin::Remote);
             }
             Replicated::Touch { id, at_ms } => {
+                let now = self.clock.now_ms();
                 if let Some(mut session) = self.sessions.get_mut(id.as_str()) {
+                    let at_ms = clock::foreign_use_ms(at_ms, now, session.absolute_deadline_ms());
                     session.last_access_ms = session.last_access_ms.max(at_ms);
                 }
             }
@@ -379,6 +406,14 @@ impl SessionStore {
                 if !super::id::is_well_formed(&id) || self.ended.contains(&id) {
                     return;
                 }
+                let now = self.clock.now_ms();
+                if let Err(rejection) = self.check_foreign_creation(created_ms, now) {
+                    tracing::warn!(session = %super::log_ref(&id), reason = %rejection, "a peer's session not stored: that peer's clock runs ahead");
+                    return;
+                }
+                let (idle_timeout_ms, absolute_timeout_ms) =
+                    self.within_maxima(idle_timeout_ms, absolute_timeout_ms);
+                // Only what is stored moves the clock: a refused message leaves it alone.
                 self.hlc.observe(fields_version);
                 for attribute in &attributes {
                     self.hlc.observe(attribute.version);
@@ -398,7 +433,8 @@ impl SessionStore {
                         data: super::stored(b"{}".to_vec()),
                         route: route.as_str().into(),
                         created_ms,
-                        last_access_ms,
+                        // Set below, once judged against this node's clock.
+                        last_access_ms: 0,
                         idle_timeout_ms,
                         absolute_timeout_ms,
                         queued_ms: 0,
@@ -414,6 +450,8 @@ impl SessionStore {
                     session.absolute_timeout_ms = absolute_timeout_ms;
                     session.fields_version = fields_version;
                 }
+                let last_access_ms =
+                    clock::foreign_use_ms(last_access_ms, now, session.absolute_deadline_ms());
                 session.last_access_ms = session.last_access_ms.max(last_access_ms);
                 let mut values: Map<String, Value> =
                     serde_json::from_slice(session.data.as_bytes()).unwrap_or_default();
@@ -498,10 +536,124 @@ mod tests {
     use crate::session::CookieChange;
 
     fn store(node: &str, session_keys: &str) -> SessionStore {
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        store_on(node, session_keys, clock, Vec::new())
+    }
+
+    /// A store of node `node` with `session_keys` in `[session]`, timed by `clock`.
+    fn store_on(
+        node: &str,
+        session_keys: &str,
+        clock: Arc<ManualClock>,
+        listeners: Vec<Arc<dyn crate::session::ChangeListener>>,
+    ) -> SessionStore {
         let text = format!("[listen]\naddresses = [\"127.0.0.1:1\"]\n[session]\nmode = \"proxy\"\n{session_keys}\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n");
         let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
-        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-        SessionStore::new(&config.session, clock, Vec::new(), Some(node))
+        SessionStore::new(&config.session, clock, listeners, Some(node))
+    }
+
+    /// Counts refused updates by reason.
+    #[derive(Default)]
+    struct Refusals(std::sync::Mutex<Vec<&'static str>>);
+
+    impl crate::session::ChangeListener for Refusals {
+        fn changed(&self, _: &Change<'_>, _: Origin) {}
+        fn rejected(&self, rejection: &Rejection) {
+            self.0.lock().unwrap().push(rejection.reason());
+        }
+    }
+
+    #[test]
+    fn a_peers_times_are_judged_against_this_nodes_clock() {
+        const AHEAD: std::time::Duration = std::time::Duration::from_secs(600);
+        let now = 1_800_000_000_000;
+        let refusals = Arc::new(Refusals::default());
+        let receiver = store_on(
+            "b",
+            "max_idle_timeout = \"1h\"",
+            Arc::new(ManualClock::new(now)),
+            vec![refusals.clone()],
+        );
+        // Created by a peer whose clock runs 10 minutes ahead: refused, counted, and this
+        // node's versions are not dragged along.
+        let skewed_clock = Arc::new(ManualClock::new(now + AHEAD.as_millis() as u64));
+        let skewed = store_on("a", "", skewed_clock, Vec::new());
+        let from_the_future = session_message(&skewed, r#"{"n":1}"#);
+        receiver.merge_remote(from_the_future);
+        assert!(
+            receiver.is_empty(),
+            "a session created in the future was stored"
+        );
+        assert_eq!(*refusals.0.lock().unwrap(), ["clock_skew"]);
+        assert!(receiver.hlc.next().clock < (now + 1_000) << 16);
+
+        // Created in time, then used on a peer whose clock runs ahead: every time of use it
+        // sends (touches, deltas) is taken as now, so the idle timeout runs on this clock.
+        let sender = store_on(
+            "c",
+            "idle_timeout = \"4s\"\nabsolute_timeout = \"12s\"",
+            Arc::new(ManualClock::new(now)),
+            Vec::new(),
+        );
+        let whole = session_message(&sender, r#"{"n":1}"#);
+        let Replicated::Upsert { id, .. } = &whole else {
+            unreachable!()
+        };
+        let id = id.clone();
+        receiver.merge_remote(whole);
+        assert_eq!(receiver.get(&id).unwrap().last_access_ms, now);
+        let future_use = now + AHEAD.as_millis() as u64;
+        receiver.merge_remote(Replicated::Touch {
+            id: id.clone(),
+            at_ms: future_use,
+        });
+        assert_eq!(
+            receiver.get(&id).unwrap().expires_ms,
+            now + 4_000,
+            "a touch"
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-tandem-session-patch", r#"{"n":2}"#.parse().unwrap());
+        let current = sender.open(&id, "r1");
+        sender
+            .settle(current.as_ref(), &mut headers, "r1", false)
+            .unwrap();
+        let mut delta = sender.upsert_message(&id).unwrap();
+        if let Replicated::Upsert { last_access_ms, .. } = &mut delta {
+            *last_access_ms = future_use;
+        }
+        receiver.merge_remote(delta);
+        let seen = receiver.get(&id).unwrap();
+        assert_eq!(seen.attributes, Some(serde_json::json!({"n": 2})));
+        assert_eq!(seen.expires_ms, now + 4_000, "a delta");
+
+        // Within the allowance, a time is taken as it is; never past the absolute deadline.
+        receiver.merge_remote(Replicated::Touch {
+            id: id.clone(),
+            at_ms: now + 3_000,
+        });
+        assert_eq!(receiver.get(&id).unwrap().last_access_ms, now + 3_000);
+        let mut long_idle = sender.upsert_message(&id).unwrap();
+        if let Replicated::Upsert {
+            last_access_ms,
+            idle_timeout_ms,
+            fields_version,
+            ..
+        } = &mut long_idle
+        {
+            *last_access_ms = now + 20_000;
+            *idle_timeout_ms = 2 * 3_600_000;
+            fields_version.clock += 1;
+        }
+        receiver.merge_remote(long_idle);
+        let seen = receiver.get(&id).unwrap();
+        assert_eq!(seen.last_access_ms, now + 3_000, "no use counted past now");
+        assert_eq!(seen.expires_ms, now + 12_000, "the absolute timeout holds");
+        assert_eq!(
+            seen.idle_timeout_s, 3600,
+            "held to this node's max_idle_timeout"
+        );
+        assert_eq!(refusals.0.lock().unwrap().len(), 1);
     }
 
     /// A whole session of `store` holding `attributes`, as a peer sends it.

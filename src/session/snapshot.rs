@@ -16,7 +16,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 
 use super::replica::AttributeVersions;
-use super::{Change, Origin, Session, SessionStore};
+use super::{clock, Change, Origin, Session, SessionStore};
 
 /// Version of the file format; a file of another version is refused (and moved aside).
 const FORMAT_VERSION: u64 = 1;
@@ -50,8 +50,14 @@ struct End {
 pub enum Loaded {
     /// There was no snapshot file.
     Nothing,
-    /// Sessions read back (those expired in the meantime are not counted).
-    Sessions(usize),
+    /// Sessions read back.
+    Sessions {
+        /// Sessions read back (those expired in the meantime are not counted).
+        read: usize,
+        /// Sessions refused because they were created ahead of this node's clock
+        /// (`clock::SKEW_ALLOWANCE`): the file was written under a clock that ran ahead.
+        refused: usize,
+    },
     /// The file was unreadable or corrupt; it was moved to `moved_to` (`None` if even that
     /// failed) and the store stays empty.
     Corrupt {
@@ -116,15 +122,28 @@ impl SessionStore {
             Err(reason) => return self.set_aside(path, reason),
         };
         let now = self.clock.now_ms();
-        let mut loaded = 0;
+        let (mut read, mut refused) = (0, 0);
         for record in records {
+            // The file may have been written under another clock: its times are judged
+            // against this one, as a peer's are.
+            if self.check_foreign_creation(record.created_ms, now).is_err() {
+                refused += 1;
+                continue;
+            }
+            let (idle_timeout_ms, absolute_timeout_ms) =
+                self.within_maxima(record.idle_timeout_ms, record.absolute_timeout_ms);
+            let absolute_deadline_ms = record.created_ms.saturating_add(absolute_timeout_ms);
             let mut session = Session {
                 data: record.data,
                 route: record.route.into(),
                 created_ms: record.created_ms,
-                last_access_ms: record.last_access_ms,
-                idle_timeout_ms: record.idle_timeout_ms,
-                absolute_timeout_ms: record.absolute_timeout_ms,
+                last_access_ms: clock::foreign_use_ms(
+                    record.last_access_ms,
+                    now,
+                    absolute_deadline_ms,
+                ),
+                idle_timeout_ms,
+                absolute_timeout_ms,
                 queued_ms: 0,
                 versions: AttributeVersions::default(),
                 fields_version: self.hlc.next(),
@@ -153,9 +172,9 @@ impl SessionStore {
                 Origin::Local,
             );
             self.queue(entry.queued_ms, id);
-            loaded += 1;
+            read += 1;
         }
-        Loaded::Sessions(loaded)
+        Loaded::Sessions { read, refused }
     }
 
     fn set_aside(&self, path: &Path, reason: String) -> Loaded {
@@ -233,4 +252,56 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::clock::ManualClock;
+
+    #[test]
+    fn a_snapshot_written_under_a_clock_ahead_is_judged_against_this_one() {
+        let now: u64 = 1_800_000_000_000;
+        let text = "[listen]\naddresses = [\"127.0.0.1:1\"]\n[session]\nmode = \"proxy\"\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
+        let config = crate::config::Config::parse(Path::new("t.toml"), text).unwrap();
+        let clock = Arc::new(ManualClock::new(now));
+        let store = SessionStore::new(&config.session, clock, Vec::new(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions");
+        let ahead = now + 600_000;
+        let record = |id: char, created: u64, used: u64| {
+            format!(
+                r#"{{"id":"{}","route":"r","created_ms":{created},"last_access_ms":{used},"idle_timeout_ms":4000,"absolute_timeout_ms":12000,"attributes":{{}}}}"#,
+                id.to_string().repeat(32)
+            )
+        };
+        let lines = [
+            format!(r#"{{"tandem_sessions":1,"written_ms":{ahead}}}"#),
+            record('a', ahead, ahead),
+            record('b', now - 1_000, ahead),
+            record('c', now - 1_000, now - 1_000),
+            r#"{"end":3}"#.to_string(),
+        ];
+        fs::write(&path, lines.join("\n")).unwrap();
+        assert_eq!(
+            store.load_snapshot(&path),
+            Loaded::Sessions {
+                read: 2,
+                refused: 1
+            }
+        );
+        assert!(
+            store.get(&"a".repeat(32)).is_none(),
+            "created in the future"
+        );
+        let used_ahead = store.get(&"b".repeat(32)).unwrap();
+        assert_eq!(
+            used_ahead.last_access_ms, now,
+            "a use ahead is taken as now"
+        );
+        assert_eq!(
+            store.get(&"c".repeat(32)).unwrap().last_access_ms,
+            now - 1_000
+        );
+    }
 }

@@ -541,6 +541,11 @@ pub struct Tandem {
 impl Tandem {
     /// Starts tandem on `config` and waits until it listens.
     pub fn start(config: &str) -> Tandem {
+        Tandem::start_with_env(config, &[])
+    }
+
+    /// `start` with `env` added to tandem's environment (e.g. a preloaded fake clock).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Tandem {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tandem.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -548,6 +553,7 @@ impl Tandem {
             .arg("-c")
             .arg(&config_path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
