@@ -1,5 +1,5 @@
 //! The `tandem` command: parse the CLI, load and validate the config, bind, serve, and handle
-//! signals (SIGTERM/SIGINT drain, SIGHUP reload).
+//! signals (SIGTERM/SIGINT drain, SIGHUP reload, SIGUSR1 reopen the log files).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use tandem::app::App;
 use tandem::config::Config;
-use tandem::logging;
+use tandem::logging::{self, LogFiles};
 use tandem::runtime::Runtime;
 use tandem::server::ListenerKind;
 use tandem::session::clock::SystemClock;
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_open_file_limit();
-    let _log_guard = match logging::init(&config.log) {
+    let log_guard = match logging::init(&config.log) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("tandem: {error}");
@@ -82,10 +82,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, log_guard.files()))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, log_files: LogFiles) -> ExitCode {
     let app = match App::bind(config, Arc::new(SystemClock)).await {
         Ok(app) => app,
         Err(error) => {
@@ -93,12 +93,13 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (mut terminate, mut interrupt, hangup) = match (
+    let (mut terminate, mut interrupt, hangup, user1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
         _ => {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -120,6 +121,7 @@ async fn run(config: Config) -> ExitCode {
         tracing::info!(admin_address = %address, "admin listener ready");
     }
     tokio::spawn(reload_on_hangup(hangup, app.runtime()));
+    tokio::spawn(reopen_logs_on_user1(user1, log_files, app.runtime()));
     let shutdown = async {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
@@ -161,6 +163,35 @@ async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, runtime: Arc<
                     tracing::error!(%error, "config error");
                 }
                 tracing::error!(%file, "reload refused; the running config stays");
+            }
+        }
+    }
+}
+
+/// Opens the log files anew at their paths on each SIGUSR1, as nginx does, so that logrotate
+/// can move them away; a file that cannot be opened (its directory gone or not writable) is
+/// logged and keeps being written where it was.
+async fn reopen_logs_on_user1(
+    mut user1: tokio::signal::unix::Signal,
+    files: LogFiles,
+    runtime: Arc<Runtime>,
+) {
+    let reopens = &runtime.metrics.log_reopens;
+    while user1.recv().await.is_some() {
+        if files.is_empty() {
+            tracing::info!("SIGUSR1: no log file to reopen (the logs go to stdout or stderr)");
+            continue;
+        }
+        match files.reopen() {
+            Ok(()) => {
+                reopens.with_label_values(&["ok"]).inc();
+                tracing::info!("log files reopened");
+            }
+            Err(errors) => {
+                reopens.with_label_values(&["failed"]).inc();
+                for error in errors {
+                    tracing::error!(%error, "cannot reopen a log file; writing on to the one it had");
+                }
             }
         }
     }

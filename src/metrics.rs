@@ -37,6 +37,8 @@ pub struct Metrics {
     pub health: HealthMetrics,
     /// Config reloads by result (`ok`, `refused`).
     pub reloads: IntCounterVec,
+    /// Log files reopened on SIGUSR1 (log rotation), by result (`ok`, `failed`).
+    pub log_reopens: IntCounterVec,
     /// 1 while a peer is alive, 0 once it is dead, by peer node id.
     pub peer_up: IntGaugeVec,
     /// The replication's figures.
@@ -198,6 +200,14 @@ impl Metrics {
         for result in ["ok", "refused"] {
             reloads.with_label_values(&[result]);
         }
+        let log_reopens = r.counters(
+            "tandem_log_reopens_total",
+            "Log files reopened on SIGUSR1 (log rotation), by result (ok, failed).",
+            &["result"],
+        );
+        for result in ["ok", "failed"] {
+            log_reopens.with_label_values(&[result]);
+        }
         let backend_connections = r.gauges(
             "tandem_backend_connections",
             "Connections to backends open now (in use or kept alive).",
@@ -251,6 +261,7 @@ impl Metrics {
             backend_connections,
             health,
             reloads,
+            log_reopens,
             peer_up,
             replication,
             replication_backlog,
