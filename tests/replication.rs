@@ -960,3 +960,22 @@ async fn a_snapshot_written_under_a_clock_ten_minutes_ahead_brings_back_no_sessi
     let refused = "tandem_session_updates_rejected_total{reason=\"clock_skew\"}";
     assert_eq!(metric(&healthy, refused).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_joining_a_node_whose_clock_runs_ahead_takes_no_session_from_its_future() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port()];
+    let skewed = start_skewed(&node(1, &ports, &backend), "+10m");
+    let cookie = new_counter(&skewed).await;
+    let id = cookie.split(['=', '.']).nth(1).unwrap().to_string();
+    // The session reaches the joining peer through the digest exchange, not as a live change.
+    let joining = Tandem::start(&node(0, &ports, &backend));
+    joining.wait_ready().await;
+    assert_eq!(
+        session_view(&joining, &id).await,
+        None,
+        "taken from the future"
+    );
+    let refused = "tandem_session_updates_rejected_total{reason=\"clock_skew\"}";
+    assert_eq!(metric(&joining, refused).await, 1.0);
+}
