@@ -39,6 +39,10 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 # tests/replication.rs: a peer whose clock runs ahead (libfaketime, preloaded into tandem).
 command -v faketime >/dev/null || need_apt+=(faketime)
+# tests/systemd_notify.rs: systemd-analyze checks the unit file of contrib/systemd.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# tests/packaging.rs and tests/systemd_notify.rs: man renders the generated man page.
+command -v man >/dev/null || need_apt+=(man-db)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     install=(apt-get install -y -q --no-install-recommends "${need_apt[@]}")

@@ -21,7 +21,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -186,8 +185,7 @@ impl Admin {
 
     /// Serving, not draining, and (in a cluster) holding the peers' sessions.
     fn ready(&self) -> bool {
-        self.runtime.ready.load(Ordering::Relaxed)
-            && self.runtime.cluster.as_ref().is_none_or(|c| c.synced())
+        self.runtime.ready_for_traffic()
     }
 
     /// Read-only endpoints: open to clients on loopback, else behind the token.

@@ -184,10 +184,14 @@ impl App {
             .map(|store| AbortOnDrop(tokio::spawn(sweep(store))));
         let runtime = Arc::clone(&self.runtime);
         runtime.ready.store(true, Ordering::Relaxed);
+        let _announce = AbortOnDrop(tokio::spawn(crate::notify::announce_ready(Arc::clone(
+            &runtime,
+        ))));
         let shutdown = async move {
             shutdown.await;
             // Load balancers in front stop sending new clients while the drain runs.
             runtime.ready.store(false, Ordering::Relaxed);
+            crate::notify::stopping();
         };
         let drained = server::serve(self.listeners, self.runtime, &self.limits, shutdown).await;
         drop(sweeper);

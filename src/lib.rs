@@ -21,6 +21,8 @@
 //! - [`cluster`]: tandem peers: authenticated connections, heartbeats, liveness.
 //! - [`tls`]: certificates, SNI and the rustls settings of the TLS listeners.
 //! - [`metrics`]: the Prometheus registry and what records into it.
+//! - [`notify`]: readiness, reloads and drains told to systemd (`Type=notify`).
+//! - [`healthcheck`]: `tandem healthcheck URL`, the probe of container health checks.
 
 #![warn(missing_docs)]
 
@@ -31,8 +33,10 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod healthcheck;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod placement;
 pub mod pool;
 pub mod proxy;

@@ -1,11 +1,13 @@
 //! The `tandem` command: parse the CLI, load and validate the config, bind, serve, and handle
-//! signals (SIGTERM/SIGINT drain, SIGHUP reload, SIGUSR1 reopen the log files).
+//! signals (SIGTERM/SIGINT drain, SIGHUP reload, SIGUSR1 reopen the log files); or one of the
+//! packaging subcommands (completions, man page, health probe).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 use tandem::app::App;
@@ -23,9 +25,27 @@ const EXIT_CONFIG: u8 = 78;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What `--help` and the man page say after the options.
+const SIGNALS_AND_EXIT_STATUS: &str = "\
+SIGTERM or SIGINT drains: tandem stops accepting, lets in-flight requests finish for up to \
+listen.shutdown_timeout, and exits 0. SIGHUP reloads the config file; a broken file is refused \
+and the running config stays.
+
+Exit status: 0 after a drain or a valid --check; 78 for an invalid config; 1 when tandem \
+cannot start.
+
+Under systemd (Type=notify), tandem sends READY=1 once it serves as /readyz says, RELOADING=1 \
+then READY=1 around a reload, and STOPPING=1 when a drain begins.";
+
 /// HTTP reverse-proxy load balancer with sticky sessions and a replicated session store.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_long_help = SIGNALS_AND_EXIT_STATUS,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 struct Cli {
     /// Config file (TOML); see config.example.toml for every key.
     #[arg(
@@ -38,10 +58,72 @@ struct Cli {
     /// Validate the config file, print every error found, and exit (0 when valid).
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Helpers for packaging and operating tandem; without one, tandem serves.
+#[derive(Subcommand)]
+enum Command {
+    /// Print a completion script for SHELL, e.g. `tandem completions bash > /usr/share/bash-completion/completions/tandem`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `tandem man | man -l -`; with --dir, write it and one
+    /// page per subcommand there, e.g. `tandem man --dir /usr/share/man/man1`.
+    Man {
+        /// Write tandem.1 and tandem-SUBCOMMAND.1 into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// GET URL (http:// only) and exit 0 if it answers 200, else 1: for container health checks
+    /// in images without curl, e.g. `tandem healthcheck http://127.0.0.1:9090/healthz`.
+    Healthcheck {
+        /// The URL to probe: the admin listener's /healthz or /readyz.
+        url: String,
+        /// Give up after this long (humantime: 500ms, 5s).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Runs a subcommand, which needs no config file.
+fn run_command(command: Command) -> ExitCode {
+    let mut stdout = std::io::stdout();
+    let written = match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut stdout);
+            Ok(())
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(Cli::command()).render(&mut stdout),
+        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir),
+        Command::Healthcheck { url, timeout } => {
+            return match tandem::healthcheck::probe(&url, timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(reason) => {
+                    eprintln!("tandem healthcheck: {reason}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
+    match written {
+        // A pager or `head` that quit early is no failure.
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tandem: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return run_command(command);
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(errors) => {

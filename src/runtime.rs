@@ -3,7 +3,7 @@
 //! A request takes the snapshot current when it starts and keeps it to the end, so a reload never
 //! changes a request half way; the next request sees the new pools.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -100,6 +100,12 @@ impl Runtime {
         }
     }
 
+    /// Whether `/readyz` says ready: serving, not draining, and (in a cluster) holding the
+    /// peers' sessions.
+    pub fn ready_for_traffic(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.cluster.as_ref().is_none_or(|c| c.synced())
+    }
+
     /// The TLS settings for a connection that starts now.
     pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.load_full()
@@ -115,13 +121,17 @@ impl Runtime {
     /// [`Runtime::reload`], or the file's errors.
     pub fn reload_file(&self) -> Result<Vec<String>, ConfigErrors> {
         let path = self.snapshot().config.path.clone();
+        crate::notify::reloading();
         match Config::load(&path) {
             Ok(config) => {
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
-                Ok(self.reload(config))
+                let warnings = self.reload(config);
+                crate::notify::reloaded("serving; config reloaded");
+                Ok(warnings)
             }
             Err(errors) => {
                 self.metrics.reloads.with_label_values(&["refused"]).inc();
+                crate::notify::reloaded("serving; reload refused, the running config stays");
                 Err(errors)
             }
         }

@@ -181,6 +181,30 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
+/// The operating system's trust store, for `[pool.tls]` without `ca` (rustls-native-certs:
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the system's CA bundle). An error when it
+/// holds no usable certificate: a pool verifying against nothing could reach no backend, so
+/// tandem refuses the config rather than fail every connection later.
+pub fn native_roots() -> Result<rustls::RootCertStore, String> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(loaded.certs);
+    let reasons: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    if roots.is_empty() {
+        let reasons = match reasons.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", reasons.join("; ")),
+        };
+        return Err(format!(
+            "the operating system's trust store holds no CA certificate{reasons}: set `ca = \"/path/to/backend-ca.pem\"`, or install the system's CA certificates (Debian: the ca-certificates package)"
+        ));
+    }
+    for reason in reasons {
+        tracing::warn!(%reason, "part of the operating system's trust store is unreadable");
+    }
+    Ok(roots)
+}
+
 /// The rustls client settings for a pool's backends: its CA file, else the operating system's
 /// trust store; with `insecure_skip_verify`, no verification at all. (hyper-rustls sets ALPN
 /// to http/1.1 itself.)
@@ -197,12 +221,9 @@ pub fn client_config(tls: Option<&BackendTlsConfig>) -> Result<rustls::ClientCon
         Some(BackendTlsConfig { ca: Some(ca), .. }) => builder
             .with_root_certificates(load_roots(ca)?)
             .with_no_client_auth(),
-        Some(_) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        Some(_) => builder
+            .with_root_certificates(native_roots()?)
+            .with_no_client_auth(),
         // A pool without TLS never makes a TLS connection; its settings go unused.
         None => builder
             .with_root_certificates(rustls::RootCertStore::empty())

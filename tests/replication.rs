@@ -782,7 +782,7 @@ fn start_skewed(config: &str, offset: &str) -> Tandem {
     Tandem::start_with_env(
         config,
         &[
-            ("LD_PRELOAD", &library),
+            ("LD_PRELOAD", library.as_str()),
             ("FAKETIME", offset),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ],

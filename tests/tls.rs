@@ -392,3 +392,77 @@ async fn the_admin_listener_can_speak_tls_too() {
     .expect("answered or closed in time");
     assert!(plain.is_err(), "plain HTTP on a TLS admin listener");
 }
+
+/// `[pool.tls]` without `ca` verifies against the operating system's trust store (read from
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR` here); an empty or unreadable store is a config error naming
+/// the pool, for `--check` and at start, instead of a pool that silently trusts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_without_ca_uses_the_system_trust_store_and_refuses_an_empty_one() {
+    let pki = Pki::new();
+    pki.issue("backend", &["127.0.0.1"]);
+    let backend = tls_backend(&pki, "backend").await;
+    let config = tls_pool(backend, "");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.toml");
+    std::fs::write(&path, &config).unwrap();
+    let empty_file = dir.path().join("empty.pem");
+    std::fs::write(&empty_file, "").unwrap();
+    let empty_dir = dir.path().join("certs");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let missing_file = dir.path().join("missing.pem");
+
+    // The system store holding the test CA: the backend verifies.
+    let trusted = Tandem::start_with_env(
+        &config,
+        &[("SSL_CERT_FILE", pki.path("ca.pem").as_os_str())],
+    );
+    let answer = get(&client(), &trusted.url("/")).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.body.as_str()),
+        (200, "tls backend")
+    );
+
+    let pool_line = config
+        .lines()
+        .position(|line| line == "name = \"secure\"")
+        .expect("the pool's name line")
+        + 1;
+    for store in [
+        [
+            ("SSL_CERT_FILE", empty_file.as_os_str()),
+            ("SSL_CERT_DIR", empty_dir.as_os_str()),
+        ],
+        [
+            ("SSL_CERT_FILE", missing_file.as_os_str()),
+            ("SSL_CERT_DIR", "".as_ref()),
+        ],
+    ] {
+        for check in [true, false] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+            if check {
+                command.arg("--check");
+            }
+            let output = command
+                .arg("-c")
+                .arg(&path)
+                .envs(store)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(78),
+                "check {check}, {store:?}: {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("tandem.toml:{pool_line}: pool[0].tls.ca"))
+                    && stderr.contains("pool `secure`")
+                    && stderr.contains("trust store holds no CA certificate")
+                    && stderr.contains("set `ca = ")
+                    && stderr.contains("ca-certificates"),
+                "check {check}, {store:?}: {stderr}"
+            );
+        }
+    }
+}

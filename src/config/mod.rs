@@ -977,13 +977,22 @@ impl Checker<'_> {
             health: raw.health.map(|health| self.health(&prefix, health)),
             retry: self.retry(&prefix, raw.retry),
             passive: self.passive(&prefix, raw.passive),
-            tls: raw.tls.map(|tls| self.pool_tls(&prefix, tls)),
+            tls: raw.tls.map(|tls| {
+                self.pool_tls(&prefix, (raw.name.get_ref().trim(), raw.name.span()), tls)
+            }),
             backends,
         }
     }
 
-    /// Checks `[pool.tls]`: the CA file is read, the server name is a DNS name.
-    fn pool_tls(&mut self, prefix: &str, raw: raw::RawPoolTls) -> BackendTlsConfig {
+    /// Checks `[pool.tls]`: the CA file is read (without one, the operating system's trust store
+    /// must hold certificates; the error is at the pool's name), the server name is a DNS name.
+    fn pool_tls(
+        &mut self,
+        prefix: &str,
+        (pool, pool_span): (&str, Range<usize>),
+        raw: raw::RawPoolTls,
+    ) -> BackendTlsConfig {
+        let ca_set = raw.ca.is_some();
         let ca = raw.ca.and_then(|ca| {
             let path = self.relative_to_file(ca.get_ref());
             match crate::tls::load_roots(&path) {
@@ -1016,6 +1025,12 @@ impl Checker<'_> {
             let span = raw.insecure_skip_verify.as_ref().map(Spanned::span);
             let message = "a CA and no verification at all contradict each other: drop one";
             self.error(span, format!("{prefix}.tls.insecure_skip_verify"), message);
+        }
+        if !ca_set && !insecure {
+            if let Err(message) = crate::tls::native_roots() {
+                let message = format!("pool `{pool}` has [pool.tls] without `ca`, and {message}");
+                self.error(Some(pool_span), format!("{prefix}.tls.ca"), message);
+            }
         }
         BackendTlsConfig {
             ca,

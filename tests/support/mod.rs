@@ -541,11 +541,12 @@ pub struct Tandem {
 impl Tandem {
     /// Starts tandem on `config` and waits until it listens.
     pub fn start(config: &str) -> Tandem {
-        Tandem::start_with_env(config, &[])
+        Tandem::start_with_env::<&str>(config, &[])
     }
 
-    /// `start` with `env` added to tandem's environment (e.g. a preloaded fake clock).
-    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Tandem {
+    /// `start` with `env` added to tandem's environment (a preloaded fake clock,
+    /// `NOTIFY_SOCKET`, `SSL_CERT_FILE`).
+    pub fn start_with_env<V: AsRef<std::ffi::OsStr>>(config: &str, env: &[(&str, V)]) -> Tandem {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tandem.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -553,7 +554,7 @@ impl Tandem {
             .arg("-c")
             .arg(&config_path)
             .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(key, value)| (key, value.as_ref())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,8 +1,9 @@
 //! Three tiny backends for trying tandem with `config.example.toml`: each answers every request
 //! with its own name, so that balancing shows at once.
 //!
-//! `cargo run --example demo_backends` listens on 127.0.0.1:9001, :9002 and :9003 (or the
-//! addresses given as arguments) until interrupted.
+//! `tandem-demo-backends` (`cargo run --release --bin tandem-demo-backends`) listens on
+//! 127.0.0.1:9001, :9002 and :9003, or on the addresses given as arguments (port 0 picks a free
+//! one), and prints one line per backend with the address it is bound to, until interrupted.
 
 use std::convert::Infallible;
 
@@ -25,7 +26,7 @@ async fn main() -> std::io::Result<()> {
     let mut servers = Vec::new();
     for (i, address) in addresses.iter().enumerate() {
         let listener = TcpListener::bind(address).await?;
-        let name = format!("backend b{} at {address}", i + 1);
+        let name = format!("backend b{} at {}", i + 1, listener.local_addr()?);
         println!("{name} is up");
         servers.push(tokio::spawn(serve(listener, name)));
     }
