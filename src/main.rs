@@ -65,7 +65,8 @@ struct Cli {
 /// Helpers for packaging and operating tandem; without one, tandem serves.
 #[derive(Subcommand)]
 enum Command {
-    /// Print a completion script for SHELL, e.g. `tandem completions bash > /usr/share/bash-completion/completions/tandem`.
+    /// Print a completion script for SHELL, e.g. `tandem completions bash >
+    /// /usr/share/bash-completion/completions/tandem`.
     Completions {
         /// The shell to complete in.
         shell: clap_complete::Shell,

@@ -283,8 +283,9 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 }
 
 /// A connector for a pool's backends: `inner` for plain HTTP, TLS over it for `https` URIs.
-/// A settings error (a CA file gone since the config check) is logged, and the pool's TLS
-/// connections then fail with a clear reason instead of tandem failing to run.
+/// A settings error (a CA file gone, or the system trust store emptied, since the config check)
+/// is logged, and the pool's TLS connections then fail with a clear reason instead of tandem
+/// failing to run.
 pub fn backend_connector<C>(
     pool: &str,
     tls: Option<&BackendTlsConfig>,
