@@ -2,11 +2,16 @@
 //! registry), rendered in the text format on the admin listener's `/metrics`.
 //!
 //! Labels are bounded: pool and backend names come from the config, methods and statuses are
-//! folded into classes; never a session id, a client address or a path.
+//! folded into classes; never a session id, a client address or a path. Every series labelled
+//! with a `pool` and a `backend` also carries that backend's `route`, added when rendering (see
+//! [`Metrics::render`]), so that a dashboard can name backends as `jvmRoute`s rather than
+//! addresses.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use http::{Method, StatusCode};
+use prometheus::proto::{LabelPair, MetricFamily};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -46,6 +51,9 @@ pub struct Metrics {
     /// Session changes waiting to be sent, by peer.
     replication_backlog: IntGaugeVec,
     backends: BackendGauges,
+    /// The route of each (pool, backend address) ever configured, for the `route` label (see
+    /// [`Metrics::learn_routes`]).
+    routes: Mutex<HashMap<(String, String), String>>,
 }
 
 /// Figures of the request path.
@@ -253,6 +261,19 @@ impl Metrics {
             "Client connections open on the public listeners.",
         );
         let sessions = Arc::new(SessionMetrics::register(&r));
+        r.gauges(
+            "tandem_build_info",
+            "Always 1; the version of the tandem binary is in the label.",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+        // CPU time, resident memory, open and most file descriptors, start time, threads.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process metrics are registered once");
         Metrics {
             registry,
             sessions,
@@ -266,13 +287,15 @@ impl Metrics {
             replication,
             replication_backlog,
             backends,
+            routes: Mutex::default(),
         }
     }
 
     /// The Prometheus text exposition of every metric, with the backends of `pools` and the
-    /// replication backlog of `cluster` as they are now.
+    /// replication backlog of `cluster` as they are now, and the `route` label on every
+    /// per-backend series.
     pub fn render(&self, pools: &[Arc<Pool>], cluster: Option<&Cluster>) -> String {
-        self.observe_backends(pools);
+        self.observe_pools(pools);
         self.replication_backlog.reset();
         if let Some(cluster) = cluster {
             for (peer, _) in cluster.peers() {
@@ -283,21 +306,28 @@ impl Metrics {
                 }
             }
         }
+        let mut families = self.registry.gather();
+        self.label_routes(&mut families);
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .expect("encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
     /// Sets the per-backend gauges from the live pools (a reload may have removed backends, so
-    /// the old label sets go first).
-    fn observe_backends(&self, pools: &[Arc<Pool>]) {
+    /// the old label sets go first), and shows each pool's failover and takeover counters from
+    /// the start, at 0, so that a dashboard's rate() over them reads 0 rather than no data.
+    fn observe_pools(&self, pools: &[Arc<Pool>]) {
         let gauges = &self.backends;
         gauges.up.reset();
         gauges.state.reset();
         gauges.in_flight.reset();
         for pool in pools {
+            self.requests.failovers.with_label_values(&[&*pool.name]);
+            self.requests
+                .route_takeovers
+                .with_label_values(&[&*pool.name]);
             for backend in &pool.backends {
                 let labels = [&*pool.name, backend.config.address.as_str()];
                 let up = backend.live.is_up() && !backend.is_ejected();
@@ -313,6 +343,51 @@ impl Metrics {
                         .set(i64::from(backend.state() == state));
                 }
             }
+        }
+    }
+
+    /// Remembers the route of each backend of `pools` (a new snapshot's, at start and on each
+    /// reload) for the `route` label of its series, which it keeps after a reload removes it.
+    pub fn learn_routes(&self, pools: &[Arc<Pool>]) {
+        let mut routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for pool in pools {
+            for backend in &pool.backends {
+                let key = (pool.name.to_string(), backend.config.address.clone());
+                routes.insert(key, backend.config.route.clone());
+            }
+        }
+    }
+
+    /// Adds `route` to every series labelled with a `pool` and a `backend`: the route that
+    /// backend has, or had when last configured; empty for `backend="-"` (tandem answered
+    /// itself). Done here rather than where each series is recorded, so that every per-backend
+    /// series has it, including those recorded where only the address is known (a backend
+    /// connection).
+    fn label_routes(&self, families: &mut [MetricFamily]) {
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for metric in families.iter_mut().flat_map(|family| family.mut_metric()) {
+            let mut labels = metric.take_label();
+            let value = |name: &str| {
+                labels
+                    .iter()
+                    .find(|label| label.name() == name)
+                    .map(|label| label.value().to_string())
+            };
+            if let (Some(pool), Some(backend)) = (value("pool"), value("backend")) {
+                let mut route = LabelPair::default();
+                route.set_name("route".to_string());
+                route.set_value(routes.get(&(pool, backend)).cloned().unwrap_or_default());
+                // Label pairs stay sorted by name, as the crate gives them.
+                let at = labels.partition_point(|label| label.name() < "route");
+                labels.insert(at, route);
+            }
+            metric.set_label(labels);
         }
     }
 }

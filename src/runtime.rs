@@ -48,7 +48,8 @@ impl Snapshot {
                     cluster.map(Cluster::replicator),
                 ))
             })
-            .collect();
+            .collect::<Vec<_>>();
+        metrics.learn_routes(&pools);
         Snapshot {
             routes: RouteTable::new(&config.pools),
             pools,

@@ -765,7 +765,7 @@ async fn p01_rapid_reset_cancels_upstream_requests_and_tandem_keeps_serving() {
         pool("web", "round_robin", "", &[&backend])
     )));
     let in_flight = format!(
-        "tandem_backend_requests_in_flight{{backend=\"{}\",pool=\"web\"}}",
+        "tandem_backend_requests_in_flight{{backend=\"{}\",pool=\"web\",route=\"a\"}}",
         backend.address
     );
     let tcp = tokio::net::TcpStream::connect(tandem.address)
