@@ -129,6 +129,15 @@ async fn the_metrics_pass_promtool_and_count_what_happened() {
         Some(7.0)
     );
     assert!(!exposition.contains("/upload"), "no paths in labels");
+    // Counters of what has not happened yet show at 0, for rate() to read 0 rather than nothing.
+    for counter in ["tandem_failovers_total", "tandem_route_takeovers_total"] {
+        let series_name = format!("{counter}{{pool=\"web\"}}");
+        assert_eq!(
+            series(&exposition, &series_name),
+            Some(0.0),
+            "{series_name}"
+        );
+    }
 
     let version = format!(
         "tandem_build_info{{version=\"{}\"}}",
