@@ -27,6 +27,22 @@ pub enum ProxyError {
         /// The pool's name.
         pool: String,
     },
+    /// Every backend the request may use is at its `max_connections` and the pool's queue is
+    /// full (503 at once, as HAProxy past `maxqueue`).
+    #[error("the backends of pool `{pool}` are full and so is its queue")]
+    QueueFull {
+        /// The pool's name.
+        pool: String,
+    },
+    /// The request waited in the pool's queue for `queue_timeout` and no backend it may use
+    /// made room (503, as HAProxy past `timeout queue`).
+    #[error("waited {waited:?} in the queue of pool `{pool}` and no backend made room")]
+    QueueTimeout {
+        /// The pool's name.
+        pool: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// The session's backend cannot serve it and `sticky.force` forbids moving it (503).
     #[error(
         "the session's backend in pool `{pool}` cannot serve it, and sticky.force keeps it there"
@@ -81,9 +97,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoPool { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend { .. } | ProxyError::SessionBackendUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoBackend { .. }
+            | ProxyError::SessionBackendUnavailable { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Invalid(rejection) => match rejection {
                 Rejection::TooManyFields { .. } | Rejection::FieldsTooLarge { .. } => {
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
@@ -118,6 +135,9 @@ impl ProxyError {
             ProxyError::NoPool { .. } => "404 Not Found: no site is served at this address\n",
             ProxyError::NoBackend { .. } | ProxyError::SessionBackendUnavailable { .. } => {
                 "503 Service Unavailable: no server is available\n"
+            }
+            ProxyError::QueueFull { .. } | ProxyError::QueueTimeout { .. } => {
+                "503 Service Unavailable: the servers are busy\n"
             }
             ProxyError::Invalid(rejection) => match rejection {
                 Rejection::TooManyFields { .. } | Rejection::FieldsTooLarge { .. } => {

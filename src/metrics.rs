@@ -74,6 +74,9 @@ pub struct RequestMetrics {
     pub failovers: IntCounterVec,
     /// Sessions whose route moved to another backend for good, by pool.
     pub route_takeovers: IntCounterVec,
+    /// Requests answered 503 because their backends were at `max_connections`, by pool and
+    /// reason (`full`: the queue was full; `timeout`: `queue_timeout` passed in it).
+    pub queue_rejected: IntCounterVec,
 }
 
 /// Figures of the active health checks.
@@ -89,6 +92,8 @@ struct BackendGauges {
     up: IntGaugeVec,
     state: IntGaugeVec,
     in_flight: IntGaugeVec,
+    /// Requests waiting in each pool's queue, by pool.
+    queue_length: IntGaugeVec,
 }
 
 /// Registers metrics on one registry.
@@ -170,6 +175,11 @@ impl Metrics {
                 "Sessions whose route moved to another backend.",
                 &["pool"],
             ),
+            queue_rejected: r.counters(
+                "tandem_queue_rejected_total",
+                "Requests refused (503) while their backends were at max_connections, by reason: the queue was full, or queue_timeout passed.",
+                &["pool", "reason"],
+            ),
         };
         let health = HealthMetrics {
             checks: r.counters(
@@ -198,6 +208,11 @@ impl Metrics {
                 "tandem_backend_requests_in_flight",
                 "Requests sent to the backend whose responses have not finished.",
                 &["pool", "backend"],
+            ),
+            queue_length: r.gauges(
+                "tandem_queue_length",
+                "Requests waiting for a backend under its max_connections.",
+                &["pool"],
             ),
         };
         let reloads = r.counters(
@@ -323,11 +338,16 @@ impl Metrics {
         gauges.up.reset();
         gauges.state.reset();
         gauges.in_flight.reset();
+        gauges.queue_length.reset();
         for pool in pools {
             self.requests.failovers.with_label_values(&[&*pool.name]);
             self.requests
                 .route_takeovers
                 .with_label_values(&[&*pool.name]);
+            gauges
+                .queue_length
+                .with_label_values(&[&*pool.name])
+                .set(pool.queue.len() as i64);
             for backend in &pool.backends {
                 let labels = [&*pool.name, backend.config.address.as_str()];
                 let up = backend.live.is_up() && !backend.is_ejected();

@@ -1,5 +1,12 @@
 //! Pools and backends as the request path sees them: an immutable snapshot built from the config,
 //! plus each backend's live state (open requests, health) that outlives a reload.
+//!
+//! A backend's `max_connections` caps its requests in flight (HAProxy's server `maxconn`). The
+//! cap lives in [`BackendLive`], so a reload that changes it applies at once to every request,
+//! queued ones included. A request whose pick finds every backend full waits in its pool's
+//! [`Queue`] (kept across reloads by pool name) until a request of the pool ends, then picks
+//! again: a request free to go anywhere takes the first backend with room, a sticky one waits
+//! for its own.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,12 +16,14 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use http::uri::Authority;
+use tokio::sync::Notify;
 
 use crate::balancer::{self, Candidates, Select};
 use crate::cluster::replication::Replicator;
 use crate::config::{
     BackendConfig, BackendState, PassiveConfig, PoolConfig, StickyConfig, StickyMode,
 };
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::placement::{CookieTemplates, Placement, StickyTable};
 use crate::proxy::upstream::Upstream;
@@ -37,6 +46,8 @@ pub struct Backend {
 pub struct BackendLive {
     /// Requests sent whose responses have not finished.
     in_flight: AtomicUsize,
+    /// The configured `max_connections`, 0 for none; set by each reload.
+    max_connections: AtomicUsize,
     /// What the health checks last concluded; always true in a pool without checks.
     up: AtomicBool,
     /// Passive checks: failures counted in the current window, and when that window began.
@@ -73,6 +84,7 @@ impl BackendLive {
     pub fn new(up: bool) -> BackendLive {
         BackendLive {
             in_flight: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(0),
             up: AtomicBool::new(up),
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
@@ -168,11 +180,33 @@ impl BackendLive {
         ended
     }
 
-    /// Counts a request as open until the returned guard is dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Counts a request as open until the returned guard is dropped, if the backend has room
+    /// under its `max_connections`; `None` when it is full. The guard's drop wakes `queue`.
+    pub fn try_start(self: &Arc<Self>, queue: &Arc<Queue>) -> Option<InFlight> {
+        let cap = self.max_connections.load(Ordering::SeqCst);
+        // SeqCst with `Queue`'s counter: see `InFlight`'s drop.
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (cap == 0 || open < cap).then_some(open + 1)
+            })
+            .ok()?;
         self.sent.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+        Some(InFlight {
+            live: Arc::clone(self),
+            queue: Arc::clone(queue),
+        })
+    }
+
+    /// Whether a request may start now under `max_connections`.
+    pub fn has_room(&self) -> bool {
+        let cap = self.max_connections.load(Ordering::SeqCst);
+        cap == 0 || self.in_flight.load(Ordering::SeqCst) < cap
+    }
+
+    /// Sets the cap from the config (`None`: no cap).
+    fn set_max_connections(&self, cap: Option<usize>) {
+        self.max_connections
+            .store(cap.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Requests open on this backend now (for `least_conn` and `random_two`).
@@ -181,14 +215,62 @@ impl BackendLive {
     }
 }
 
-/// An open request on a backend; dropping it closes the request in the backend's count.
+/// An open request on a backend; dropping it closes the request in the backend's count and
+/// wakes the requests waiting in the pool's queue. The response body holds it to its end.
 #[derive(Debug)]
-pub struct InFlight(Arc<BackendLive>);
+pub struct InFlight {
+    live: Arc<BackendLive>,
+    queue: Arc<Queue>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.live.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // A waiter counts itself, then registers, then looks for room: in the SeqCst order
+        // either it sees this slot free, or this load sees it waiting and wakes it.
+        if self.queue.waiting.load(Ordering::SeqCst) > 0 {
+            self.queue.freed.notify_waiters();
+        }
     }
+}
+
+/// Requests of one pool waiting for a backend with room under its `max_connections`.
+#[derive(Debug, Default)]
+pub struct Queue {
+    /// Woken whenever a request of the pool ends (and by a reload, which may raise a cap).
+    freed: Notify,
+    /// Requests waiting now.
+    waiting: AtomicUsize,
+}
+
+impl Queue {
+    /// Requests waiting now (the `tandem_queue_length` gauge).
+    pub fn len(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Whether no request waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request's place in a [`Queue`]; leaving drops it.
+struct Waiting<'q>(&'q Queue);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a pick found: a backend with room, or only usable backends that are full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// This backend (an index into `Pool::backends`) takes the attempt now.
+    Backend(usize),
+    /// The backends this request may use are all at their `max_connections`: wait.
+    Full,
 }
 
 fn state_code(state: BackendState) -> u8 {
@@ -324,6 +406,8 @@ pub struct Pool {
     /// The keep-alive client for this pool's backends; shared with the previous snapshot when
     /// its settings did not change.
     pub upstream: Arc<Upstream>,
+    /// Requests waiting for a backend under its `max_connections`; kept across reloads.
+    pub queue: Arc<Queue>,
 }
 
 impl Pool {
@@ -366,6 +450,7 @@ impl Pool {
                 if config.health.is_none() {
                     live.set_up(true);
                 }
+                live.set_max_connections(backend.max_connections);
                 Arc::new(Backend {
                     authority: backend.address.parse().expect("validated host:port"),
                     config: backend.clone(),
@@ -401,7 +486,11 @@ impl Pool {
         let cookie_templates = previous
             .map(|p| Arc::clone(&p.cookie_templates))
             .unwrap_or_default();
+        let queue: Arc<Queue> = previous.map(|p| Arc::clone(&p.queue)).unwrap_or_default();
+        // The caps may have been raised: the waiting requests look again.
+        queue.freed.notify_waiters();
         Pool {
+            queue,
             shared,
             sticky_table,
             cookie_templates,
@@ -481,14 +570,16 @@ impl Pool {
 
     /// Picks a backend (an index into `backends`) for an attempt by `client`, other than those
     /// in `exclude`; `None` when none is usable. Primaries first, then backups; when passive
-    /// checks have ejected every one of them, they are tried anyway, in the same order.
-    pub fn select(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
+    /// checks have ejected every one of them, they are tried anyway, in the same order. Full
+    /// backends (at their `max_connections`) are skipped; when all of a kind are full the
+    /// request waits for them ([`Pick::Full`]) rather than go to the next kind.
+    pub fn select(&self, client: IpAddr, exclude: &[usize]) -> Option<Pick> {
         self.select_in(None, client, exclude)
     }
 
     /// Where a session of backend `owner` goes when `owner` cannot serve it, in mod_jk's
     /// order: its `redirect`, else a backend of its `domain`, else any backend.
-    pub fn failover(&self, owner: usize, client: IpAddr, exclude: &[usize]) -> Option<usize> {
+    pub fn failover(&self, owner: usize, client: IpAddr, exclude: &[usize]) -> Option<Pick> {
         let config = &self.backends[owner].config;
         let redirect = config
             .redirect
@@ -496,9 +587,13 @@ impl Pool {
             .and_then(|route| self.by_route.get(route).copied());
         let usable_redirect = redirect.filter(|&i| {
             let backend = &self.backends[i];
-            !exclude.contains(&i) && backend.takes_new_work() && !backend.is_ejected()
+            !exclude.contains(&i)
+                && backend.takes_new_work()
+                && !backend.is_ejected()
+                && backend.live.has_room()
         });
         usable_redirect
+            .map(Pick::Backend)
             .or_else(|| {
                 config
                     .domain
@@ -510,24 +605,91 @@ impl Pool {
 
     /// `select`, limited to `domain` when one is given. Each phase (primaries, backups, then
     /// the same ignoring ejection) is tried with slow start's ramp first, then without, so a ramp
-    /// never leaves a request with no backend.
-    fn select_in(&self, domain: Option<&str>, client: IpAddr, exclude: &[usize]) -> Option<usize> {
+    /// never leaves a request with no backend. A phase whose backends are all full is
+    /// [`Pick::Full`].
+    fn select_in(&self, domain: Option<&str>, client: IpAddr, exclude: &[usize]) -> Option<Pick> {
         let phases = [(false, false), (false, true), (true, false), (true, true)];
         phases.into_iter().find_map(|(ignore_ejection, backups)| {
+            let candidates = |slow_start| Candidates {
+                backends: &self.backends,
+                exclude,
+                ignore_ejection,
+                backups,
+                domain,
+                slow_start,
+            };
             [self.config.slow_start, None]
                 .into_iter()
-                .find_map(|slow_start| {
-                    let candidates = Candidates {
-                        backends: &self.backends,
-                        exclude,
-                        ignore_ejection,
-                        backups,
-                        domain,
-                        slow_start,
-                    };
-                    self.balancer.select(&candidates, client)
-                })
+                .find_map(|slow_start| self.balancer.select(&candidates(slow_start), client))
+                .map(Pick::Backend)
+                .or_else(|| candidates(None).any_untried().then_some(Pick::Full))
         })
+    }
+
+    /// Backend `index` for a request that must go there (its session's, or a resend on a
+    /// fresh connection), if it has room.
+    pub fn pick_backend(&self, index: usize) -> Pick {
+        if self.backends[index].live.has_room() {
+            Pick::Backend(index)
+        } else {
+            Pick::Full
+        }
+    }
+
+    /// Opens the attempt `first` picked: at once on a backend with room, else after waiting in
+    /// the pool's queue, picking again with `repick` each time a request of the pool ends.
+    /// Returns the backend's index and its in-flight guard. A full queue (`max_queue`) and the
+    /// end of `queue_timeout` are 503s, not the backend's fault.
+    pub async fn admit(
+        &self,
+        first: Pick,
+        mut repick: impl FnMut() -> Option<Pick>,
+    ) -> Result<(usize, InFlight), ProxyError> {
+        let arrived = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
+        let mut place: Option<Waiting<'_>> = None;
+        let mut pick = Some(first);
+        loop {
+            match pick {
+                None => {
+                    return Err(ProxyError::NoBackend {
+                        pool: self.name.to_string(),
+                    })
+                }
+                Some(Pick::Backend(index)) => {
+                    if let Some(in_flight) = self.backends[index].live.try_start(&self.queue) {
+                        return Ok((index, in_flight));
+                    }
+                    // Another request took the room first: wait as for a full backend.
+                }
+                Some(Pick::Full) => {}
+            }
+            if place.is_none() {
+                let max_queue = self.config.max_queue;
+                self.queue
+                    .waiting
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |waiting| {
+                        (waiting < max_queue).then_some(waiting + 1)
+                    })
+                    .map_err(|_| ProxyError::QueueFull {
+                        pool: self.name.to_string(),
+                    })?;
+                place = Some(Waiting(&self.queue));
+            }
+            let freed = self.queue.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            pick = repick();
+            if pick == Some(Pick::Full) {
+                if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    return Err(ProxyError::QueueTimeout {
+                        pool: self.name.to_string(),
+                        waited: arrived.elapsed(),
+                    });
+                }
+                pick = repick();
+            }
+        }
     }
 }
 

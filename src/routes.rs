@@ -127,6 +127,8 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_idle_per_backend: 1,
             slow_start: None,
+            max_queue: 100,
+            queue_timeout: Duration::from_secs(5),
             sticky: None,
             health: None,
             tls: None,

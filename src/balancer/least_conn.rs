@@ -39,7 +39,7 @@ mod tests {
     #[test]
     fn busy_backend_is_avoided_and_idle_ones_alternate() {
         let pool = backends(&[1, 1, 1]);
-        let _busy = pool[0].live.start();
+        let _busy = pool[0].live.try_start(&Default::default());
         let selector = LeastConn::default();
         let ip = IpAddr::from([127, 0, 0, 1]);
         let picks: Vec<usize> = (0..4)

@@ -58,10 +58,19 @@ impl Candidates<'_> {
             .collect()
     }
 
-    /// Whether this request may go to eligible backend `i`: not tried by it yet, and past its
-    /// slow start's dice (rolled anew on each call).
+    /// Whether this request may go to eligible backend `i`: not tried by it yet, under its
+    /// `max_connections`, and past its slow start's dice (rolled anew on each call). A full
+    /// backend keeps its place in the rotation and gives up its turn, as a tried one does.
     pub fn admits(&self, i: usize) -> bool {
-        !self.exclude.contains(&i) && self.backends[i].passes_slow_start(self.slow_start)
+        !self.exclude.contains(&i)
+            && self.backends[i].live.has_room()
+            && self.backends[i].passes_slow_start(self.slow_start)
+    }
+
+    /// Whether an eligible backend not tried by this request exists: when no selector found
+    /// one it admits, those are full, and the request waits for them.
+    pub fn any_untried(&self) -> bool {
+        (0..self.backends.len()).any(|i| self.eligible(i) && !self.exclude.contains(&i))
     }
 
     /// Whether backend `i` may get this attempt: eligible, and admitted for this request.
@@ -141,6 +150,7 @@ pub(crate) mod test_support {
                         backup: false,
                         domain: None,
                         redirect: None,
+                        max_connections: None,
                     },
                     authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                     live: Arc::new(BackendLive::new(true)),

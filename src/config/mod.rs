@@ -155,6 +155,11 @@ pub struct PoolConfig {
     /// A backend that comes back (health checks, passive ejection) gets its full share of new
     /// requests only after this long, ramping up from nothing; `None`: at once.
     pub slow_start: Option<Duration>,
+    /// Requests that may wait at once for a backend under its `max_connections` (HAProxy's
+    /// `maxqueue`); one more is answered 503 at once. 0: no queue, a full backend is a 503.
+    pub max_queue: usize,
+    /// How long a request waits in the queue at most before its 503 (HAProxy's `timeout queue`).
+    pub queue_timeout: Duration,
     /// Sticky routing on the session id's route suffix; `None` when `sticky.mode = "off"`.
     pub sticky: Option<StickyConfig>,
     /// Active health checks; `None` without a `[pool.health]` table (every backend counts as up).
@@ -347,6 +352,9 @@ pub struct BackendConfig {
     pub domain: Option<String>,
     /// The route a session of this backend fails over to first (mod_jk's `redirect`).
     pub redirect: Option<String>,
+    /// Requests in flight to this backend at most (HAProxy's server `maxconn`, mod_jk's
+    /// `connection_pool_size`); more wait in the pool's queue. `None`: no cap.
+    pub max_connections: Option<usize>,
 }
 
 /// Whether a backend takes new work (mod_jk's activation).
@@ -973,6 +981,17 @@ impl Checker<'_> {
             slow_start: raw.slow_start.map(|value| {
                 self.duration(Some(value), &format!("{prefix}.slow_start"), Duration::ZERO)
             }),
+            max_queue: self.count(
+                raw.max_queue,
+                &format!("{prefix}.max_queue"),
+                0..100_001,
+                100,
+            ) as usize,
+            queue_timeout: self.duration(
+                raw.queue_timeout,
+                &format!("{prefix}.queue_timeout"),
+                Duration::from_secs(5),
+            ),
             sticky: self.sticky(&prefix, raw.sticky),
             health: raw.health.map(|health| self.health(&prefix, health)),
             retry: self.retry(&prefix, raw.retry),
@@ -1437,6 +1456,14 @@ impl Checker<'_> {
         };
         let domain = checked_name(raw.domain, "domain");
         let redirect = checked_name(raw.redirect, "redirect");
+        let max_connections = raw.max_connections.map(|value| {
+            self.count(
+                Some(value),
+                &format!("{prefix}.max_connections"),
+                1..100_001,
+                1,
+            ) as usize
+        });
         BackendConfig {
             address,
             route,
@@ -1445,6 +1472,7 @@ impl Checker<'_> {
             backup: raw.backup.unwrap_or(false),
             domain,
             redirect,
+            max_connections,
         }
     }
 }

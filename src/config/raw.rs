@@ -163,6 +163,8 @@ pub struct RawPool {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_backend: Option<Spanned<i64>>,
     pub slow_start: Option<Spanned<String>>,
+    pub max_queue: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<String>>,
     pub sticky: Option<RawSticky>,
     pub health: Option<RawHealth>,
     pub retry: Option<RawRetry>,
@@ -242,6 +244,7 @@ pub struct RawBackend {
     pub backup: Option<bool>,
     pub domain: Option<Spanned<String>>,
     pub redirect: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// A size: a plain number of bytes, or text with a unit ("64KiB").

@@ -210,14 +210,39 @@ impl ProxyService {
             }
             _ => pool.select(self.client.ip(), tried),
         };
-        let mut index = match sticky_index {
-            Some(index) => index,
+        // The backend the attempt must go to, if any: the session's, or the same one again on
+        // a fresh connection.
+        let mut fixed = sticky_index;
+        let mut pick = match fixed {
+            Some(index) => pool.pick_backend(index),
             None => choose(&tried).ok_or_else(|| ProxyError::NoBackend {
                 pool: pool.name.to_string(),
             })?,
         };
         let mut stale_retries = 0;
         loop {
+            // Past a backend's max_connections the attempt waits in the pool's queue.
+            let admitted = pool
+                .admit(pick, || match fixed {
+                    Some(index) => Some(pool.pick_backend(index)),
+                    None => choose(&tried),
+                })
+                .await;
+            let (index, in_flight) = match admitted {
+                Ok(admitted) => admitted,
+                Err(error) => {
+                    let reason = match error {
+                        ProxyError::QueueFull { .. } => "full",
+                        ProxyError::QueueTimeout { .. } => "timeout",
+                        _ => return Err(error),
+                    };
+                    metrics
+                        .queue_rejected
+                        .with_label_values(&[&*pool.name, reason])
+                        .inc();
+                    return Err(error);
+                }
+            };
             let backend = &pool.backends[index];
             completion.backend = Some(Arc::clone(backend));
             completion.attempts += 1;
@@ -230,7 +255,6 @@ impl ProxyService {
                 Scheme::HTTP
             };
             aim(&mut attempt, backend, scheme);
-            let in_flight = backend.live.start();
             let sent = Instant::now();
             match pool.upstream.send(attempt).await {
                 Ok(response) => {
@@ -296,6 +320,8 @@ impl ProxyService {
                     return relay(response, in_flight, client_upgrade, backend);
                 }
                 Err(error) => {
+                    // The slot is free before the next attempt looks for room.
+                    drop(in_flight);
                     if error.blames_backend() {
                         backend.record_failure(
                             &pool.config.passive,
@@ -318,6 +344,8 @@ impl ProxyService {
                             reason = %error,
                             "retrying on a fresh connection"
                         );
+                        fixed = Some(index);
+                        pick = pool.pick_backend(index);
                         continue;
                     }
                     tried.push(index);
@@ -348,7 +376,8 @@ impl ProxyService {
                                 reason = %error,
                                 "retrying on another backend"
                             );
-                            index = next;
+                            fixed = None;
+                            pick = next;
                         }
                         _ => return Err(error),
                     }
