@@ -536,6 +536,60 @@ address = "127.0.0.1:9004"
         ],
         count: 8,
     },
+    Case {
+        name: "HAProxy's and mod_jk's words for connection caps and their queue",
+        config: r#"[listen]
+addresses = ["127.0.0.1:8080"]
+[[pool]]
+name = "web"
+maxqueue = 10
+timeout_queue = "2s"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+maxconn = 50
+[[pool.backend]]
+address = "127.0.0.1:9002"
+connection_pool_size = 50
+"#,
+        lines: &[
+            ("5: pool[0].maxqueue", &["did you mean `max_queue`?"]),
+            (
+                "6: pool[0].timeout_queue",
+                &["did you mean `queue_timeout`?"],
+            ),
+            (
+                "9: pool[0].backend[0].maxconn",
+                &["did you mean `max_connections`?"],
+            ),
+            (
+                "12: pool[0].backend[1].connection_pool_size",
+                &["did you mean `max_connections`?"],
+            ),
+        ],
+        count: 4,
+    },
+    Case {
+        name: "connection caps and queue settings out of range",
+        config: r#"[listen]
+addresses = ["127.0.0.1:8080"]
+[[pool]]
+name = "web"
+max_queue = -1
+queue_timeout = "0s"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+max_connections = 0
+"#,
+        lines: &[
+            ("5: pool[0].max_queue", &["out of range (0 to 100000)"]),
+            ("6: pool[0].queue_timeout", &["out of range"]),
+            (
+                "9: pool[0].backend[0].max_connections",
+                &["out of range (1 to 100000)"],
+            ),
+        ],
+        count: 3,
+    },
 ];
 
 #[test]
