@@ -4,6 +4,7 @@
 //! - [`app`]: a whole tandem (listeners, session store, runtime) as `main` and tests start it.
 //! - [`config`]: the TOML file, validated into a typed `Config` with located errors.
 //! - [`server`]: listeners, connection cap, HTTP/1.1 + h2c, idle timeout, graceful drain.
+//! - [`proxy_protocol`]: the PROXY protocol header (v1, v2) an L4 balancer puts before a connection.
 //! - [`proxy`]: the per-request pipeline, header hygiene, the upstream client, upgrades.
 //! - [`routes`]: Host/path → pool.
 //! - [`sticky`]: session ids in cookies and URLs, and the route they end in.
@@ -40,6 +41,7 @@ pub mod notify;
 pub mod placement;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod retry;
 pub mod routes;
 pub mod runtime;

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub requests: RequestMetrics,
     /// Client connections open now.
     pub client_connections: IntGauge,
+    /// Connections closed before any request because their PROXY protocol header was refused,
+    /// by reason (`untrusted_peer`, `missing`, `malformed`, `too_long`, `timeout`, `closed`).
+    pub proxy_protocol_rejected: IntCounterVec,
     /// Connections to backends open now, by pool and backend.
     pub backend_connections: IntGaugeVec,
     /// Health-check results and flips.
@@ -275,6 +278,11 @@ impl Metrics {
             "tandem_client_connections",
             "Client connections open on the public listeners.",
         );
+        let proxy_protocol_rejected = r.counters(
+            "tandem_proxy_protocol_rejected_total",
+            "Client connections closed because their PROXY protocol header was refused, by reason.",
+            &["reason"],
+        );
         let sessions = Arc::new(SessionMetrics::register(&r));
         r.gauges(
             "tandem_build_info",
@@ -294,6 +302,7 @@ impl Metrics {
             sessions,
             requests,
             client_connections,
+            proxy_protocol_rejected,
             backend_connections,
             health,
             reloads,

@@ -1,5 +1,6 @@
-//! Client connections: accept with a connection cap, serve HTTP/1.1 and h2c on the same port,
-//! close idle connections, and drain everything on shutdown.
+//! Client connections: accept with a connection cap, read the PROXY protocol header where it is
+//! on, serve HTTP/1.1 and h2c on the same port, close idle connections, and drain everything on
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +15,7 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -21,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::config::ListenConfig;
 use crate::pool::clock_ms;
 use crate::proxy::{validate, ProxyService};
+use crate::proxy_protocol::{self, Prefixed, Rejection};
 use crate::runtime::Runtime;
 
 /// Binds every configured address. Done before anything else starts, so that a taken port is an
@@ -68,6 +71,7 @@ pub async fn serve(
             idle_timeout: limits.idle_timeout,
             header_read_timeout: limits.header_read_timeout,
             send_timeout: limits.send_timeout,
+            proxy_protocol_from: limits.proxy_protocol_from.as_deref().map(Arc::from),
         };
         acceptors.spawn(accept_loop(
             listener,
@@ -129,6 +133,8 @@ struct ConnectionContext {
     idle_timeout: Duration,
     header_read_timeout: Duration,
     send_timeout: Duration,
+    /// With the PROXY protocol on: the balancers' networks (see `ListenConfig`).
+    proxy_protocol_from: Option<Arc<[IpNet]>>,
 }
 
 async fn accept_loop(
@@ -156,16 +162,19 @@ async fn accept_loop(
         tokio::spawn(async move {
             let open = context.runtime.metrics.client_connections.clone();
             open.inc();
-            match kind {
-                ListenerKind::Plain => {
-                    serve_connection(stream, peer, context, Handler::Proxy("http")).await
-                }
-                ListenerKind::RedirectToHttps(port) => {
-                    serve_connection(stream, peer, context, Handler::RedirectToHttps(port)).await
-                }
-                ListenerKind::Tls => {
-                    if let Some(tls) = handshake(stream, peer, &context).await {
-                        serve_connection(tls, peer, context, Handler::Proxy("https")).await;
+            if let Some((stream, client)) = client_of(stream, peer, &context).await {
+                match kind {
+                    ListenerKind::Plain => {
+                        serve_connection(stream, client, context, Handler::Proxy("http")).await
+                    }
+                    ListenerKind::RedirectToHttps(port) => {
+                        let handler = Handler::RedirectToHttps(port);
+                        serve_connection(stream, client, context, handler).await
+                    }
+                    ListenerKind::Tls => {
+                        if let Some(tls) = handshake(stream, client, &context).await {
+                            serve_connection(tls, client, context, Handler::Proxy("https")).await;
+                        }
                     }
                 }
             }
@@ -175,14 +184,49 @@ async fn accept_loop(
     }
 }
 
+/// Who a new connection from `peer` serves: `peer` itself, or with the PROXY protocol on, the
+/// client its header names (read first, before any TLS: the balancer sends it in the clear).
+/// A refused header is logged with the peer, counted, and the connection closed (`None`).
+async fn client_of(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: &ConnectionContext,
+) -> Option<(Prefixed<TcpStream>, SocketAddr)> {
+    let Some(trusted) = &context.proxy_protocol_from else {
+        return Some((Prefixed::plain(stream), peer));
+    };
+    let accepted = proxy_protocol::accept(stream, peer, trusted, context.header_read_timeout).await;
+    match accepted {
+        Ok(accepted) => Some(accepted),
+        Err(rejection) => {
+            let reason = rejection.reason();
+            let metrics = &context.runtime.metrics;
+            metrics
+                .proxy_protocol_rejected
+                .with_label_values(&[reason])
+                .inc();
+            match rejection {
+                // A balancer's TCP health check opens and closes without a byte: not news.
+                Rejection::Closed(error) => {
+                    tracing::debug!(peer = %peer, %error, "connection closed before its PROXY protocol header")
+                }
+                rejection => {
+                    tracing::warn!(peer = %peer, reason, error = %rejection, "PROXY protocol header refused; closing the connection")
+                }
+            }
+            None
+        }
+    }
+}
+
 /// The TLS handshake of a new connection, within the header read timeout, with the
 /// certificates in force now. A failed handshake (an old protocol version, no shared cipher, a
 /// client that went away) is logged and the connection closed.
 async fn handshake(
-    stream: TcpStream,
+    stream: Prefixed<TcpStream>,
     peer: SocketAddr,
     context: &ConnectionContext,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>> {
     let config = context.runtime.tls_config()?;
     let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
     match tokio::time::timeout(context.header_read_timeout, accepting).await {

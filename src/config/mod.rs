@@ -81,6 +81,10 @@ pub struct ListenConfig {
     pub max_uri_length: usize,
     /// How long a SIGTERM drain waits for in-flight requests before exiting anyway.
     pub shutdown_timeout: Duration,
+    /// `proxy_protocol = true`: the networks of the L4 balancers allowed to send a PROXY
+    /// protocol header (v1 or v2), which every connection on every public listener must then
+    /// open with; its source address is the client's. `None`: off, the peer is the client.
+    pub proxy_protocol_from: Option<Vec<IpNet>>,
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -763,6 +767,37 @@ impl Checker<'_> {
                 "listen.shutdown_timeout",
                 Duration::from_secs(30),
             ),
+            proxy_protocol_from: self.proxy_protocol(raw.proxy_protocol, raw.proxy_protocol_from),
+        }
+    }
+
+    /// `proxy_protocol` and `proxy_protocol_from`: one is meaningless without the other, so
+    /// each alone is an error, as is an empty list (no balancer could connect).
+    fn proxy_protocol(
+        &mut self,
+        on: Option<Spanned<bool>>,
+        from: Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Option<Vec<IpNet>> {
+        let enabled = on.as_ref().is_some_and(|on| *on.get_ref());
+        match from {
+            None if enabled => {
+                let message = "proxy_protocol = true needs proxy_protocol_from: the networks of \
+                               the balancers that send the header, such as [\"10.0.0.0/8\"]";
+                self.error(on.map(|on| on.span()), "listen.proxy_protocol", message);
+                None
+            }
+            None => None,
+            Some(list) if !enabled => {
+                let message = "proxy_protocol_from has no effect without proxy_protocol = true";
+                self.error(Some(list.span()), "listen.proxy_protocol_from", message);
+                None
+            }
+            Some(list) if list.get_ref().is_empty() => {
+                let message = "the list is empty: no balancer could connect";
+                self.error(Some(list.span()), "listen.proxy_protocol_from", message);
+                None
+            }
+            Some(list) => Some(self.networks(list.into_inner(), "listen.proxy_protocol_from")),
         }
     }
 
@@ -821,22 +856,29 @@ impl Checker<'_> {
     }
 
     fn forwarded(&mut self, raw: raw::RawForwarded) -> ForwardedConfig {
-        let mut trusted = Vec::new();
-        for (i, net) in raw.trusted.unwrap_or_default().into_iter().enumerate() {
+        let trusted = self.networks(raw.trusted.unwrap_or_default(), "forwarded.trusted");
+        ForwardedConfig { trusted }
+    }
+
+    /// A list of networks (`10.0.0.0/8`) or single addresses; each bad entry is an error at
+    /// `key[i]`.
+    fn networks(&mut self, list: Vec<Spanned<String>>, key: &str) -> Vec<IpNet> {
+        let mut networks = Vec::new();
+        for (i, net) in list.into_iter().enumerate() {
             let text = net.get_ref().trim();
             let parsed = text
                 .parse::<IpNet>()
                 .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
             match parsed {
-                Ok(net) => trusted.push(net),
+                Ok(net) => networks.push(net),
                 Err(_) => self.error(
                     Some(net.span()),
-                    format!("forwarded.trusted[{i}]"),
+                    format!("{key}[{i}]"),
                     format!("`{text}` is not an address or network such as 10.0.0.0/8"),
                 ),
             }
         }
-        ForwardedConfig { trusted }
+        networks
     }
 
     fn pool(&mut self, index: usize, raw: RawPool) -> PoolConfig {

@@ -122,6 +122,8 @@ pub struct RawListen {
     pub max_headers: Option<Spanned<i64>>,
     pub max_uri_length: Option<Spanned<RawSize>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[[listen.certificate]]`: a PEM certificate chain and its key.

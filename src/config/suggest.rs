@@ -73,6 +73,9 @@ const SYNONYMS: &[(&str, &str, &str)] = &[
     ("pool.sticky", "sticky_session_force", "force"),
     ("listen", "maxconn", "max_connections"),
     ("listen", "bind", "addresses"),
+    // HAProxy's `bind ... accept-proxy` (also written accept_proxy).
+    ("listen", "accept-proxy", "proxy_protocol"),
+    ("listen", "acceptproxy", "proxy_protocol"),
 ];
 
 /// How alike (Jaro-Winkler, 0 to 1) a written word and a known one must be to be suggested.
