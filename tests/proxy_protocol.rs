@@ -102,6 +102,11 @@ where
     tokio::spawn(connection);
     let mut bodies = Vec::new();
     for _ in 0..2 {
+        // The connection is ready again once the previous response's body is read through.
+        sender
+            .ready()
+            .await
+            .expect("the kept-alive connection is still open");
         let response = sender.send_request(headers_request("/headers")).await;
         let response = response.expect("an answer on the kept-alive connection");
         assert_eq!(response.status(), 200);
