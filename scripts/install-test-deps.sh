@@ -32,6 +32,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 # tests/status_page.rs: the status page in a real browser (and a font, so that its screenshots
 # show text: fonts are only recommended by chromium).
 command -v chromium >/dev/null || need_apt+=(chromium fonts-liberation)
+# tests/status_page.rs: npm, to fetch playwright-core, which clicks through the status page.
+command -v npm >/dev/null || need_apt+=(npm)
 # tests/tls.rs: curl as a TLS client.
 command -v curl >/dev/null || need_apt+=(curl)
 # tests/soak.rs: wrk (HTTP/1.1) and h2load (HTTP/2) as load generators.
@@ -66,6 +68,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${install[@]}"
 fi
 $dry_run && exit 0
+# tests/status_page.rs: playwright-core drives Debian's chromium (it downloads no browser),
+# kept under target/ so that it is fetched once.
+node_deps="$(dirname "$0")/../target/node-test-deps"
+[ -d "$node_deps/node_modules/playwright-core" ] ||
+    npm install --no-audit --no-fund --prefix "$node_deps" playwright-core@1.65.1 >/dev/null
 command -v cargo >/dev/null || {
     echo "tandem's tests need Rust's cargo; install it with rustup (https://rustup.rs)" >&2
     exit 1

@@ -2,15 +2,24 @@
 //! request path and for sessions too large for headers. Separate from the public listeners and
 //! meant for loopback or a private network; the session API also needs the bearer token.
 //!
-//! `/status` is the HTML status page (see `status.rs`), open to clients on loopback like the
-//! read-only endpoints below.
+//! `/status` is the HTML status page (see `status.rs`), and `/status.json` and `/status.csv` its
+//! figures for tools; all three are open to clients on loopback like the read-only endpoints
+//! below.
+//!
+//! Requests that change something (any method but GET and HEAD) are refused with 403 when their
+//! `Origin` names another origin than the admin listener's or `Sec-Fetch-Site` says
+//! `cross-site` or `same-site`: with the bearer token in a header a browser cannot forge them
+//! anyway (tandem grants no CORS preflight), and this refuses them even should a token leak
+//! into a page of another site.
 //!
 //! Pools API (JSON): `GET /api/pools` (every pool and backend with its state, health and
 //! open requests) is open to clients on loopback and needs the token from elsewhere; `GET
 //! /api/config` (the running config file, secrets hidden: it still says where the certificates
 //! and keys are and how the cluster is reached), `PUT /api/pools/{pool}/backends/{route or
 //! address}/state` with `{"state": "draining"}` (a state that lasts until the config file changes
-//! that backend's state) and `POST /api/reload` always need the token.
+//! that backend's state), `PUT /api/pools/{pool}/backends/{route or address}/weight` with
+//! `{"weight": 3}` (likewise until the file changes that backend's weight) and `POST
+//! /api/reload` always need the token.
 //!
 //! Session API (JSON; `Authorization: Bearer <admin.token>`, 401 without it):
 //! - `GET /api/sessions?limit=N&after=ID`: a page of live sessions in id order, without their
@@ -119,7 +128,15 @@ impl Admin {
 
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_string();
+        let changes_state = !matches!(*request.method(), Method::GET | Method::HEAD);
         let response = match (request.method(), path.as_str()) {
+            _ if changes_state && cross_site(&request) => {
+                tracing::warn!(%peer, %path, "admin request refused: it comes from another site");
+                error(
+                    StatusCode::FORBIDDEN,
+                    "refused: a request from another site (Origin or Sec-Fetch-Site)",
+                )
+            }
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/readyz") if self.ready() => text(StatusCode::OK, "ready\n".into()),
             (&Method::GET, "/readyz") => text(
@@ -148,6 +165,17 @@ impl Admin {
                 );
                 response
             }
+            (&Method::GET, "/status.json") if self.may_read(&request, peer) => {
+                json(StatusCode::OK, &crate::status::render_json(&self.runtime))
+            }
+            (&Method::GET, "/status.csv") if self.may_read(&request, peer) => {
+                let mut response = text(StatusCode::OK, crate::status::render_csv(&self.runtime));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                );
+                response
+            }
             (&Method::GET, "/api/pools") if self.may_read(&request, peer) => self.pools(),
             (&Method::GET, "/api/config") if self.authorized(&request) => text(
                 StatusCode::OK,
@@ -156,14 +184,16 @@ impl Admin {
             (&Method::POST, "/api/reload") if self.authorized(&request) => self.reload(),
             (&Method::PUT, path) if path.starts_with("/api/pools/") => {
                 if self.authorized(&request) {
-                    self.set_state(request).await
+                    self.set_backend(request).await
                 } else {
                     unauthorized(self.token_digest.is_some())
                 }
             }
-            (_, "/status" | "/api/pools" | "/api/config" | "/api/reload") => {
-                unauthorized(self.token_digest.is_some())
-            }
+            (
+                _,
+                "/status" | "/status.json" | "/status.csv" | "/api/pools" | "/api/config"
+                | "/api/reload",
+            ) => unauthorized(self.token_digest.is_some()),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
         tracing::debug!(%peer, %path, status = response.status().as_u16(), "admin request");
@@ -212,7 +242,8 @@ impl Admin {
                             "up": backend.live.is_up(),
                             "ejected": backend.is_ejected(),
                             "in_flight": backend.live.in_flight(),
-                            "weight": backend.config.weight,
+                            "weight": backend.weight(),
+                            "configured_weight": backend.config.weight,
                             "backup": backend.config.backup,
                         })
                     })
@@ -251,15 +282,18 @@ impl Admin {
         }
     }
 
-    /// `PUT /api/pools/{pool}/backends/{route or address}/state` with `{"state": "draining"}`:
-    /// the backend's state until the config file changes it.
-    async fn set_state(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// `PUT /api/pools/{pool}/backends/{route or address}/state` with `{"state": "draining"}`
+    /// or `.../weight` with `{"weight": 3}`: the backend's state or weight until the config
+    /// file changes it.
+    async fn set_backend(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_string();
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let ["api", "pools", pool_name, "backends", backend_name, "state"] = parts[..] else {
+        let ["api", "pools", pool_name, "backends", backend_name, setting @ ("state" | "weight")] =
+            parts[..]
+        else {
             return error(
                 StatusCode::NOT_FOUND,
-                "expected /api/pools/{pool}/backends/{route or address}/state",
+                "expected /api/pools/{pool}/backends/{route or address}/state or /weight",
             );
         };
         let snapshot = self.runtime.snapshot();
@@ -277,26 +311,42 @@ impl Admin {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 4 KiB"),
         };
-        let wanted = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|value| value.get("state")?.as_str().and_then(BackendState::parse));
-        let Some(state) = wanted else {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                r#"expected {"state": "active" | "draining" | "stopped"}"#,
-            );
+        let value = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let field = |name: &str| value.as_ref().and_then(|value| value.get(name).cloned());
+        let answer = if setting == "state" {
+            let Some(state) =
+                field("state").and_then(|state| state.as_str().and_then(BackendState::parse))
+            else {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    r#"expected {"state": "active" | "draining" | "stopped"}"#,
+                );
+            };
+            backend.live.set_state_override(Some(state));
+            serde_json::json!({ "state": state.name() })
+        } else {
+            let weight = field("weight")
+                .and_then(|weight| weight.as_u64())
+                .filter(|weight| (1..=1000).contains(weight));
+            let Some(weight) = weight else {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    r#"expected {"weight": a whole number from 1 to 1000}"#,
+                );
+            };
+            backend.live.set_weight_override(Some(weight as u32));
+            serde_json::json!({ "weight": weight })
         };
-        backend.live.set_state_override(Some(state));
         tracing::info!(
             pool = %pool.name,
             backend = %backend.config.address,
-            state = state.name(),
-            "backend state set through the admin API"
+            %answer,
+            "backend {setting} set through the admin API"
         );
-        json(
-            StatusCode::OK,
-            &serde_json::json!({ "pool": &*pool.name, "backend": backend.config.address, "state": state.name() }),
-        )
+        let mut answer = answer;
+        answer["pool"] = serde_json::json!(&*pool.name);
+        answer["backend"] = serde_json::json!(backend.config.address);
+        json(StatusCode::OK, &answer)
     }
 
     async fn session_api(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -393,6 +443,30 @@ fn list(store: &SessionStore, query: &str) -> Response<Full<Bytes>> {
         StatusCode::OK,
         &serde_json::json!({ "sessions": sessions, "next": next }),
     )
+}
+
+/// Whether a browser says `request` comes from a page of another site: its `Sec-Fetch-Site` is
+/// `cross-site` or `same-site`, or its `Origin` names another host and port than its `Host`.
+/// Tools such as curl send neither header.
+fn cross_site(request: &Request<Incoming>) -> bool {
+    let headers = request.headers();
+    let fetch_site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if matches!(fetch_site, Some(b"cross-site" | b"same-site")) {
+        return true;
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(http::header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()));
+    let origin_authority = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, authority)| authority.as_bytes());
+    origin_authority.is_none() || origin_authority != host
 }
 
 /// 401 with the reason: a wrong or missing token, or no token configured at all.

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::config::HealthConfig;
 use crate::metrics::Metrics;
-use crate::pool::{Backend, Pool};
+use crate::pool::{Backend, CheckResult, Pool};
 use crate::tls;
 use hyper_rustls::HttpsConnector;
 
@@ -88,7 +88,13 @@ impl Probe {
         loop {
             let jitter = rand::rng().random_range(0.9..1.1);
             tokio::time::sleep(self.health.interval.mul_f64(jitter)).await;
+            let started = std::time::Instant::now();
             let result = self.probe().await;
+            let duration_ms = started.elapsed().as_millis() as u64;
+            self.backend
+                .live
+                .record_check(check_result(&result, duration_ms));
+            let result = result.map_err(|failure| failure.words);
             let outcome = if result.is_ok() { "pass" } else { "fail" };
             health.checks.with_label_values(&labels(outcome)).inc();
             if self
@@ -139,7 +145,7 @@ impl Probe {
     }
 
     /// One probe: `Ok` if the backend answered in time with an expected status (and body).
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), ProbeFailure> {
         let health = &self.health;
         let uri = format!(
             "{}://{}{}",
@@ -149,20 +155,20 @@ impl Probe {
             Some(host) => HeaderValue::from_str(host),
             None => HeaderValue::from_str(self.backend.authority.as_str()),
         }
-        .map_err(|e| format!("bad Host for the probe: {e}"))?;
+        .map_err(|e| ProbeFailure::new("L7RSP", format!("bad Host for the probe: {e}")))?;
         let request = Request::builder()
             .method(health.method.clone())
             .uri(uri)
             .header(HOST, host)
             .header(USER_AGENT, "tandem-health-check")
             .body(Empty::new())
-            .map_err(|e| format!("cannot build the probe: {e}"))?;
+            .map_err(|e| ProbeFailure::new("L7RSP", format!("cannot build the probe: {e}")))?;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| crate::error::chain(&e))?;
+                .map_err(|e| connect_failure(&e))?;
             let status = response.status().as_u16();
             let expected = if health.expect_status.is_empty() {
                 (200..400).contains(&status)
@@ -170,23 +176,92 @@ impl Probe {
                 health.expect_status.contains(&status)
             };
             if !expected {
-                return Err(format!("status {status}"));
+                return Err(ProbeFailure::new("L7STS", format!("status {status}")));
             }
             if let Some(text) = &health.expect_body {
                 let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
                     .collect()
                     .await
-                    .map_err(|e| format!("reading the body: {e}"))?
+                    .map_err(|e| ProbeFailure::new("L7RSP", format!("reading the body: {e}")))?
                     .to_bytes();
                 if !String::from_utf8_lossy(&body).contains(text.as_str()) {
-                    return Err(format!("body does not contain `{text}`"));
+                    return Err(ProbeFailure::new(
+                        "L7RSP",
+                        format!("body does not contain `{text}`"),
+                    ));
                 }
             }
             Ok(())
         };
         match tokio::time::timeout(health.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?}", health.timeout)),
+            Err(_) => Err(ProbeFailure::new(
+                "L7TOUT",
+                format!("timed out after {} ms", health.timeout.as_millis()),
+            )),
         }
     }
+}
+
+/// Why a probe failed: HAProxy's `check_status` code and the reason in words.
+#[derive(Debug)]
+struct ProbeFailure {
+    code: &'static str,
+    words: String,
+}
+
+impl ProbeFailure {
+    fn new(code: &'static str, words: String) -> ProbeFailure {
+        ProbeFailure { code, words }
+    }
+}
+
+/// A probe's result as the status page shows it: `passed in 1 ms`, `status 503 in 3 ms`
+/// (a timeout already says how long it waited).
+fn check_result(result: &Result<(), ProbeFailure>, duration_ms: u64) -> CheckResult {
+    let (passed, code, words) = match result {
+        Ok(()) => (true, "L7OK", format!("passed in {duration_ms} ms")),
+        Err(failure) if failure.code == "L7TOUT" => (false, failure.code, failure.words.clone()),
+        Err(failure) => (
+            false,
+            failure.code,
+            format!("{} in {duration_ms} ms", failure.words),
+        ),
+    };
+    CheckResult {
+        passed,
+        code,
+        words,
+        duration_ms,
+    }
+}
+
+/// A failure to reach the backend in words an operator reads (`connection refused`), from the
+/// I/O error at the bottom of the client's error chain; the whole chain when there is none.
+fn connect_failure(error: &(dyn std::error::Error + 'static)) -> ProbeFailure {
+    use std::io::ErrorKind;
+    let mut source = Some(error);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            let (code, words) = match io.kind() {
+                ErrorKind::ConnectionRefused => ("L4CON", "connection refused"),
+                ErrorKind::ConnectionReset => ("L4CON", "connection reset"),
+                ErrorKind::ConnectionAborted => ("L4CON", "connection aborted"),
+                ErrorKind::TimedOut => ("L4TOUT", "connect timed out"),
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    ("L4CON", "host unreachable")
+                }
+                ErrorKind::UnexpectedEof => ("L7RSP", "connection closed before the answer"),
+                _ => ("L4CON", ""),
+            };
+            let words = if words.is_empty() {
+                io.to_string()
+            } else {
+                words.to_string()
+            };
+            return ProbeFailure::new(code, words);
+        }
+        source = inner.source();
+    }
+    ProbeFailure::new("L7RSP", crate::error::chain(error))
 }

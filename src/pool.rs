@@ -68,6 +68,51 @@ pub struct BackendLive {
     sent: AtomicU64,
     /// The last failure seen (a failed request or health probe), for the status page.
     last_error: std::sync::Mutex<Option<LastError>>,
+    /// A weight set through the admin API over the configured one (0: none). Like
+    /// `state_override`, it outlives reloads until the file changes that backend's weight.
+    weight_override: AtomicU32,
+    /// What the status page and its exports count: responses, bytes, errors, retries.
+    pub counters: BackendCounters,
+    /// The latest active health probe, in words, for the status page.
+    last_check: std::sync::Mutex<Option<CheckResult>>,
+    /// [`clock_ms`] of the last change of health or admin state (HAProxy's `lastchg`).
+    last_change_ms: AtomicU64,
+    /// [`clock_ms`] since which the health checks hold the backend down; 0 while it is up.
+    down_since_ms: AtomicU64,
+    /// Milliseconds spent down in the periods that have ended (HAProxy's `downtime`).
+    downtime_ended_ms: AtomicU64,
+}
+
+/// Per-backend totals since tandem started (kept across reloads with the rest of
+/// [`BackendLive`]), for the status page, `/status.json` and `/status.csv`: cheap relaxed
+/// atomics bumped where a request completes, fails or is retried.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Responses finished (whatever their status), HAProxy's `stot`.
+    pub responses: AtomicU64,
+    /// Response body bytes sent to clients, HAProxy's `bout`.
+    pub bytes_out: AtomicU64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx (HAProxy's `hrsp_*`).
+    pub by_class: [AtomicU64; 5],
+    /// Failed attempts: connect errors, timeouts, resets, `fail_on_status` statuses.
+    pub errors: AtomicU64,
+    /// Attempts sent again after one failed on this backend (HAProxy's `wretr`).
+    pub retries: AtomicU64,
+    /// Requests of a session owned elsewhere that this backend served (HAProxy's `wredis`).
+    pub failovers: AtomicU64,
+}
+
+/// One active health probe's outcome as an operator reads it.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// Whether the probe passed.
+    pub passed: bool,
+    /// HAProxy's `check_status` code: `L7OK`, `L7STS`, `L4CON`, `L4TOUT`, ...
+    pub code: &'static str,
+    /// What happened, in words: `connection refused in 0 ms`, `status 503 in 3 ms`.
+    pub words: String,
+    /// How long the probe took.
+    pub duration_ms: u64,
 }
 
 /// A backend's most recent failure.
@@ -94,7 +139,80 @@ impl BackendLive {
             state_override: AtomicU8::new(0),
             sent: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
+            weight_override: AtomicU32::new(0),
+            counters: BackendCounters::default(),
+            last_check: std::sync::Mutex::new(None),
+            last_change_ms: AtomicU64::new(clock_ms()),
+            down_since_ms: AtomicU64::new(if up { 0 } else { clock_ms() }),
+            downtime_ended_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a finished response of this backend: its status class and body bytes.
+    pub fn record_response(&self, status: http::StatusCode, bytes_out: u64) {
+        let counters = &self.counters;
+        counters.responses.fetch_add(1, Ordering::Relaxed);
+        counters.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        if let Some(class) = counters
+            .by_class
+            .get((status.as_u16() / 100).wrapping_sub(1) as usize)
+        {
+            class.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an attempt on this backend that failed and was sent again.
+    pub fn count_retry(&self) {
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request this backend served for a session owned by another backend.
+    pub fn count_failover(&self) {
+        self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remembers the latest active health probe's outcome.
+    pub fn record_check(&self, result: CheckResult) {
+        *self
+            .last_check
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
+    }
+
+    /// The latest active health probe's outcome; `None` before the first or without checks.
+    pub fn last_check(&self) -> Option<CheckResult> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Time since the health or admin state last changed (or since tandem first saw it).
+    pub fn since_last_change(&self) -> std::time::Duration {
+        let at = self.last_change_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(clock_ms().saturating_sub(at))
+    }
+
+    /// Total time the health checks have held this backend down, the current period included.
+    pub fn downtime(&self) -> std::time::Duration {
+        let since = self.down_since_ms.load(Ordering::Relaxed);
+        let current = if since == 0 {
+            0
+        } else {
+            clock_ms().saturating_sub(since)
+        };
+        std::time::Duration::from_millis(self.downtime_ended_ms.load(Ordering::Relaxed) + current)
+    }
+
+    /// Sets (or, with `None`, clears) the weight the admin API gave this backend.
+    pub fn set_weight_override(&self, weight: Option<u32>) {
+        self.weight_override
+            .store(weight.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The weight the admin API gave this backend, if any.
+    pub fn weight_override(&self) -> Option<u32> {
+        Some(self.weight_override.load(Ordering::Relaxed)).filter(|&weight| weight != 0)
     }
 
     /// Requests sent to this backend since tandem started.
@@ -124,8 +242,10 @@ impl BackendLive {
 
     /// Sets (or, with `None`, clears) the state the admin API gave this backend.
     pub fn set_state_override(&self, state: Option<BackendState>) {
-        self.state_override
-            .store(state.map_or(0, state_code), Ordering::Relaxed);
+        let code = state.map_or(0, state_code);
+        if self.state_override.swap(code, Ordering::Relaxed) != code {
+            self.last_change_ms.store(clock_ms(), Ordering::Relaxed);
+        }
     }
 
     /// The state the admin API gave this backend, if any.
@@ -148,6 +268,19 @@ impl BackendLive {
     /// backend serve again (as HAProxy's checks bring back a server its traffic marked down).
     pub fn set_up(&self, up: bool) -> bool {
         let changed = self.up.swap(up, Ordering::Relaxed) != up;
+        if changed {
+            let now = clock_ms();
+            self.last_change_ms.store(now, Ordering::Relaxed);
+            if up {
+                let since = self.down_since_ms.swap(0, Ordering::Relaxed);
+                if since != 0 {
+                    self.downtime_ended_ms
+                        .fetch_add(now.saturating_sub(since), Ordering::Relaxed);
+                }
+            } else {
+                self.down_since_ms.store(now, Ordering::Relaxed);
+            }
+        }
         if changed && up {
             self.ejected_until_ms.store(0, Ordering::Relaxed);
             self.back_since_ms.store(clock_ms(), Ordering::Relaxed);
@@ -287,6 +420,12 @@ impl Backend {
         self.live.state_override().unwrap_or(self.config.state)
     }
 
+    /// The weight in force: the admin API's, else the configured one. Balancers read this,
+    /// never `config.weight`.
+    pub fn weight(&self) -> u32 {
+        self.live.weight_override().unwrap_or(self.config.weight)
+    }
+
     /// Whether the balancer may give this backend a new request: active and up.
     pub fn takes_new_work(&self) -> bool {
         self.state() == BackendState::Active && self.live.is_up()
@@ -346,6 +485,7 @@ impl Backend {
     /// `recover_after`, or with active checks until `rise` probes in a row pass after this.
     pub fn record_failure(&self, passive: &PassiveConfig, pool: &str, reason: &str) {
         self.live.note_error(reason);
+        self.live.counters.errors.fetch_add(1, Ordering::Relaxed);
         if passive.max_fails == 0 {
             return;
         }
@@ -431,16 +571,25 @@ impl Pool {
                             .find(|b| b.config.address == backend.address)
                     })
                     .map(|b| {
-                        // A state the admin API set lasts until the file changes the state.
-                        if b.config.state != backend.state && b.live.state_override().is_some() {
-                            b.live.set_state_override(None);
+                        // What the admin API set lasts until the file changes that setting.
+                        let live = &b.live;
+                        if b.config.state != backend.state && live.state_override().is_some() {
+                            live.set_state_override(None);
                             tracing::info!(
                                 pool = %config.name,
                                 backend = %backend.address,
                                 "the config file changed the backend's state: the one set through the admin API is dropped"
                             );
                         }
-                        Arc::clone(&b.live)
+                        if b.config.weight != backend.weight && live.weight_override().is_some() {
+                            live.set_weight_override(None);
+                            tracing::info!(
+                                pool = %config.name,
+                                backend = %backend.address,
+                                "the config file changed the backend's weight: the one set through the admin API is dropped"
+                            );
+                        }
+                        Arc::clone(live)
                     })
                     .unwrap_or_else(|| {
                         let up = config.health.as_ref().is_none_or(|health| health.start_up);

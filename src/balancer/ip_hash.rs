@@ -23,7 +23,7 @@ impl HashRing {
         for (index, backend) in backends.iter().enumerate() {
             // Points derive from the address, not the index, so that reordering the config or
             // removing another backend leaves this backend's points where they were.
-            for replica in 0..backend.config.weight * POINTS_PER_WEIGHT {
+            for replica in 0..backend.weight() * POINTS_PER_WEIGHT {
                 let key = format!("{}#{replica}", backend.config.address);
                 points.push((hash64(key.as_bytes()), index));
             }

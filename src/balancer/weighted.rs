@@ -29,7 +29,7 @@ impl Select for SmoothWeighted {
             .filter(|&i| candidates.admits(i))
             .collect();
         let first_admitted = *admitted.first()?;
-        let weight = |i: usize| i64::from(candidates.backends[i].config.weight);
+        let weight = |i: usize| i64::from(candidates.backends[i].weight());
         let total: i64 = rotation.iter().map(|&i| weight(i)).sum();
         let mut current = self
             .current

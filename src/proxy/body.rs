@@ -350,6 +350,9 @@ impl Drop for Completion {
             .as_ref()
             .map_or("-", |b| b.config.address.as_str());
         let pool = self.pool.as_deref().unwrap_or("-");
+        if let Some(served) = &self.backend {
+            served.live.record_response(self.status, self.bytes_sent)
+        }
         let requests = &self.metrics.requests;
         requests
             .total

@@ -265,6 +265,7 @@ impl ProxyService {
                         .observe(sent.elapsed().as_secs_f64());
                     if owner.is_some_and(|owner| owner != index) {
                         metrics.failovers.with_label_values(&[&*pool.name]).inc();
+                        backend.live.count_failover();
                     }
                     let status = response.status();
                     if pool
@@ -338,6 +339,7 @@ impl ProxyService {
                             .retries
                             .with_label_values(&[&*pool.name, "fresh_connection"])
                             .inc();
+                        backend.live.count_retry();
                         tracing::info!(
                             pool = %pool.name,
                             backend = %backend.config.address,
@@ -369,6 +371,7 @@ impl ProxyService {
                                 .retries
                                 .with_label_values(&[&*pool.name, "another_backend"])
                                 .inc();
+                            backend.live.count_retry();
                             tracing::info!(
                                 pool = %pool.name,
                                 backend = %backend.config.address,
