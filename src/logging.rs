@@ -1,24 +1,49 @@
-//! Logging with `tracing`: the application log on stderr, and the access log (one line per
-//! request, target `tandem::access`) on stdout, stderr or a file, as text or JSON. A log file
+//! Logging: the application log on stderr with `tracing`, and the access log (one line per
+//! request, [`access`] says in which format) on stdout, stderr or a file, written by
+//! [`write_access`] through a writer thread. A log file
 //! is opened anew at its path on SIGUSR1 ([`LogFiles::reopen`]), so that logrotate can move it
 //! away, as with nginx.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::SystemTime;
 
-use tracing::Level;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{AccessLogTarget, LogConfig, LogFormat};
 
-/// The target access-log lines are written under.
-pub const ACCESS_TARGET: &str = "tandem::access";
+pub mod access;
+
+pub use access::{AccessEntry, AccessFormat};
+
+/// The access log, once [`init`] opened it; never set while `access_log = "off"`.
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+/// Where access-log lines go, and how they look.
+struct AccessLog {
+    format: AccessFormat,
+    writer: NonBlocking,
+}
+
+/// Whether access-log lines are written: when not, the request path gathers nothing for them.
+pub fn access_log_on() -> bool {
+    ACCESS_LOG.get().is_some()
+}
+
+/// Writes one request's access-log line, if the access log is on.
+pub fn write_access(entry: &AccessEntry<'_>) {
+    let Some(log) = ACCESS_LOG.get() else { return };
+    let mut line = Vec::with_capacity(512);
+    log.format.write(entry, SystemTime::now(), &mut line);
+    // The writer thread takes the line; it fails only once that thread is gone (at exit).
+    let _ = io::Write::write_all(&mut log.writer.clone(), &line);
+}
 
 /// Keeps the access log's writer thread alive; dropping it flushes what is buffered.
 pub struct LogGuard {
@@ -120,11 +145,8 @@ fn open_for_append(path: &Path) -> io::Result<File> {
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init(config: &LogConfig) -> io::Result<LogGuard> {
     let level = std::env::var("RUST_LOG").unwrap_or_else(|_| config.level.clone());
-    let app_filter = EnvFilter::try_new(format!("{level},{ACCESS_TARGET}=off"))
-        .unwrap_or_else(|_| EnvFilter::new(format!("info,{ACCESS_TARGET}=off")));
-    let mut layers = vec![format_layer(config.format, io::stderr, true)
-        .with_filter(app_filter)
-        .boxed()];
+    let app_filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let app_layer = format_layer(config.format, io::stderr).with_filter(app_filter);
 
     let mut files = LogFiles::default();
     let guard = match &config.access_log {
@@ -145,17 +167,18 @@ pub fn init(config: &LogConfig) -> io::Result<LogGuard> {
             };
             // Lossless: under a flood the request path waits for the log rather than losing lines.
             let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(writer);
-            let filter = Targets::new().with_target(ACCESS_TARGET, Level::INFO);
-            layers.push(
-                format_layer(config.format, writer, false)
-                    .with_filter(filter)
-                    .boxed(),
-            );
+            let log = AccessLog {
+                format: config.access_format.clone(),
+                writer,
+            };
+            if ACCESS_LOG.set(log).is_err() {
+                return Err(io::Error::other("the access log is already open"));
+            }
             Some(guard)
         }
     };
     tracing_subscriber::registry()
-        .with(layers)
+        .with(app_layer)
         .try_init()
         .map_err(|e| io::Error::other(format!("cannot install the logger: {e}")))?;
     Ok(LogGuard {
@@ -164,12 +187,8 @@ pub fn init(config: &LogConfig) -> io::Result<LogGuard> {
     })
 }
 
-/// A text or JSON formatter writing to `writer`; access lines carry no level or target.
-fn format_layer<W>(
-    format: LogFormat,
-    writer: W,
-    with_level: bool,
-) -> Box<dyn Layer<Registry> + Send + Sync>
+/// The application log's text or JSON formatter, writing to `writer`.
+fn format_layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -177,7 +196,7 @@ where
         .with_writer(writer)
         .with_ansi(false);
     match format {
-        LogFormat::Text => Box::new(layer.with_target(with_level).with_level(with_level)),
-        LogFormat::Json => Box::new(layer.json().with_target(with_level).with_level(with_level)),
+        LogFormat::Text => Box::new(layer),
+        LogFormat::Json => Box::new(layer.json()),
     }
 }

@@ -22,6 +22,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
+use crate::logging::access::{Template, TemplateError};
+use crate::logging::AccessFormat;
+
 pub use cluster::{ClusterConfig, PeerTlsConfig};
 pub use session::{AdminConfig, InvalidUpdate, SessionConfig, SessionCookieConfig, SessionMode};
 
@@ -101,10 +104,12 @@ pub struct CertificateConfig {
 pub struct LogConfig {
     /// A `tracing` filter directive such as `info` or `tandem=debug`; `RUST_LOG` overrides it.
     pub level: String,
-    /// Text or JSON, for both logs.
+    /// Text or JSON: the application log's, and the access log's unless `access_format` is set.
     pub format: LogFormat,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
+    /// How access-log lines look: `access_log_format`, or else `format`'s text or JSON.
+    pub access_format: AccessFormat,
 }
 
 /// Line format of the application and access logs.
@@ -115,6 +120,10 @@ pub enum LogFormat {
     /// One JSON object per line, for log shippers.
     Json,
 }
+
+/// The values of `[log] access_log_format`.
+pub(crate) const ACCESS_LOG_FORMATS: [&str; 5] =
+    ["text", "json", "combined", "haproxy", "template"];
 
 /// Destination of the access log (one line per request).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -848,11 +857,84 @@ impl Checker<'_> {
             }
             Some(path) => AccessLogTarget::File(PathBuf::from(path)),
         };
+        let access_format = self.access_format(
+            raw.access_log_format.as_ref(),
+            raw.access_log_template.as_ref(),
+            format,
+        );
         LogConfig {
             level,
             format,
             access_log,
+            access_format,
         }
+    }
+
+    /// `access_log_format` (and its `access_log_template`); without it, `format`'s text or JSON.
+    fn access_format(
+        &mut self,
+        written_format: Option<&Spanned<String>>,
+        template: Option<&Spanned<String>>,
+        format: LogFormat,
+    ) -> AccessFormat {
+        let chosen = match written_format {
+            None => None,
+            Some(written) => match written.get_ref().as_str() {
+                "text" => Some(AccessFormat::Text),
+                "json" => Some(AccessFormat::Json),
+                "combined" => Some(AccessFormat::Combined),
+                "haproxy" => Some(AccessFormat::Haproxy),
+                "template" => {
+                    let Some(template) = template else {
+                        self.error(
+                            Some(written.span()),
+                            "log.access_log_format",
+                            "`template` needs `access_log_template`, the line with its {fields}",
+                        );
+                        return AccessFormat::Text;
+                    };
+                    return match Template::parse(template.get_ref()) {
+                        Ok(parsed) => AccessFormat::Template(parsed),
+                        Err(error) => {
+                            let names: Vec<&str> = Template::field_names().collect();
+                            let hint = match &error {
+                                TemplateError::UnknownField(name) => {
+                                    suggest::hint("log.access_log_template", name, &names)
+                                }
+                                TemplateError::Unbalanced => String::new(),
+                            };
+                            let message =
+                                format!("{error}{hint}; the fields are {}", names.join(", "));
+                            self.error(Some(template.span()), "log.access_log_template", message);
+                            AccessFormat::Text
+                        }
+                    };
+                }
+                other => {
+                    let hint = suggest::hint("log.access_log_format", other, &ACCESS_LOG_FORMATS);
+                    let message = format!(
+                        "unknown access log format `{other}`; expected text, json, combined, \
+                         haproxy or template{hint}"
+                    );
+                    self.error(Some(written.span()), "log.access_log_format", message);
+                    None
+                }
+            },
+        };
+        if let (Some(template), false) = (
+            template,
+            matches!(written_format, Some(f) if f.get_ref() == "template"),
+        ) {
+            self.error(
+                Some(template.span()),
+                "log.access_log_template",
+                "is used only with access_log_format = \"template\"",
+            );
+        }
+        chosen.unwrap_or(match format {
+            LogFormat::Text => AccessFormat::Text,
+            LogFormat::Json => AccessFormat::Json,
+        })
     }
 
     fn forwarded(&mut self, raw: raw::RawForwarded) -> ForwardedConfig {

@@ -141,6 +141,8 @@ pub struct RawLog {
     pub level: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
+    pub access_log_format: Option<Spanned<String>>,
+    pub access_log_template: Option<Spanned<String>>,
 }
 
 /// `[forwarded]`: how X-Forwarded-* headers from clients are treated.

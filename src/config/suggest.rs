@@ -76,6 +76,21 @@ const SYNONYMS: &[(&str, &str, &str)] = &[
     // HAProxy's `bind ... accept-proxy` (also written accept_proxy).
     ("listen", "accept-proxy", "proxy_protocol"),
     ("listen", "acceptproxy", "proxy_protocol"),
+    // nginx's and HAProxy's names for the access log's format.
+    ("log", "log_format", "access_log_format"),
+    ("log", "log-format", "access_log_format"),
+    ("log.access_log_format", "httplog", "haproxy"),
+    ("log.access_log_format", "main", "combined"),
+    ("log.access_log_template", "remote_addr", "client_ip"),
+    ("log.access_log_template", "request_uri", "uri"),
+    ("log.access_log_template", "http_user_agent", "user_agent"),
+    ("log.access_log_template", "http_referer", "referer"),
+    ("log.access_log_template", "request_time", "total_ms"),
+    (
+        "log.access_log_template",
+        "upstream_response_time",
+        "upstream_ms",
+    ),
 ];
 
 /// How alike (Jaro-Winkler, 0 to 1) a written word and a known one must be to be suggested.
@@ -208,6 +223,12 @@ mod tests {
                 "pool.sticky.mode" => ["route", "learn", "insert", "off"]
                     .map(String::from)
                     .to_vec(),
+                "log.access_log_format" => {
+                    crate::config::ACCESS_LOG_FORMATS.map(String::from).to_vec()
+                }
+                "log.access_log_template" => crate::logging::access::Template::field_names()
+                    .map(String::from)
+                    .collect(),
                 table => match tandem.strip_prefix('[') {
                     Some(elsewhere) => {
                         let (table, key) =

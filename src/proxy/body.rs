@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::COOKIE;
-use http::{HeaderMap, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::logging::{self, AccessEntry};
 use crate::metrics::{self, Metrics};
 use crate::pool::{Backend, InFlight};
 use crate::server::OpenRequest;
@@ -320,8 +321,19 @@ pub struct Completion {
     pub client: SocketAddr,
     /// The request method.
     pub method: Method,
-    /// The request path, without the query.
+    /// The request path, without the query, session ids redacted.
     pub path: String,
+    /// The query as logged (session parameters redacted); left empty while the access log is
+    /// off, as are the headers below.
+    pub query: String,
+    /// The Host header, or the target's authority.
+    pub host: Option<HeaderValue>,
+    /// The User-Agent header.
+    pub user_agent: Option<HeaderValue>,
+    /// The Referer header.
+    pub referer: Option<HeaderValue>,
+    /// The request's id, sent to the backend as X-Request-Id.
+    pub request_id: HeaderValue,
     /// The client's HTTP version.
     pub version: Version,
     /// The status logged: the one sent, or 499 while none is chosen (should the request be
@@ -335,6 +347,10 @@ pub struct Completion {
     pub attempts: u32,
     /// Body bytes sent to the client so far.
     pub bytes_sent: u64,
+    /// When the first attempt was about to be sent to a backend.
+    pub upstream_started: Option<Instant>,
+    /// When a backend's response head was taken for the client.
+    pub upstream_answered: Option<Instant>,
     /// Keeps the backend's open-request count up while the body streams.
     pub in_flight: Option<InFlight>,
     /// Keeps the client connection from counting as idle while the body streams.
@@ -371,18 +387,29 @@ impl Drop for Completion {
             .sent_bytes
             .with_label_values(&[pool])
             .inc_by(self.bytes_sent);
-        tracing::info!(
-            target: "tandem::access",
-            client = %self.client,
-            method = %self.method,
-            path = %self.path,
-            version = ?self.version,
-            status = self.status.as_u16(),
-            bytes = self.bytes_sent,
-            duration_us = self.started.elapsed().as_micros() as u64,
-            pool,
-            backend,
-            attempts = self.attempts,
-        );
+        if logging::access_log_on() {
+            let upstream = self
+                .upstream_started
+                .zip(self.upstream_answered)
+                .map(|(sent, answered)| answered.saturating_duration_since(sent));
+            logging::write_access(&AccessEntry {
+                client: self.client,
+                method: &self.method,
+                path: &self.path,
+                query: &self.query,
+                version: self.version,
+                status: self.status,
+                bytes: self.bytes_sent,
+                host: self.host.as_ref(),
+                user_agent: self.user_agent.as_ref(),
+                referer: self.referer.as_ref(),
+                request_id: &self.request_id,
+                pool,
+                backend,
+                attempts: self.attempts,
+                upstream,
+                total: self.started.elapsed(),
+            });
+        }
     }
 }

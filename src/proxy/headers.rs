@@ -15,6 +15,7 @@ const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentica
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, never the message: removed in both directions.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -96,6 +97,22 @@ pub fn set_forwarded(
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
+}
+
+/// The id of a request from a client: a `trusted` client's (another proxy's) non-empty
+/// X-Request-Id, so that one id follows the request through every proxy; anyone else's is
+/// replaced by a fresh one, so that a client cannot pass itself off as another request.
+pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|id| trusted && !id.is_empty())
+        .cloned()
+        .unwrap_or_else(crate::logging::access::new_request_id)
+}
+
+/// Sends `id` to the backend as the request's only X-Request-Id.
+pub fn set_request_id(headers: &mut HeaderMap, id: &HeaderValue) {
+    headers.insert(X_REQUEST_ID, id.clone());
 }
 
 /// Joins the Cookie fields of a request that came over HTTP/2 into one, `; ` between them, as

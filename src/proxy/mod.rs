@@ -79,11 +79,19 @@ impl ProxyService {
         request: Request<Incoming>,
         open_request: OpenRequest,
     ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + 'static {
+        let started = Instant::now();
+        let snapshot = self.runtime.snapshot();
+        let logged = LoggedHead::of(&request, &snapshot);
         let completion = Completion {
-            started: Instant::now(),
+            started,
             client: self.client,
             method: request.method().clone(),
             path: loggable_path(request.uri().path()),
+            query: logged.query,
+            host: logged.host,
+            user_agent: logged.user_agent,
+            referer: logged.referer,
+            request_id: headers::request_id(request.headers(), self.trusts(&snapshot)),
             version: request.version(),
             // Until an answer is chosen: should hyper drop the request first, the client
             // went away (closed its connection, reset its stream).
@@ -92,12 +100,14 @@ impl ProxyService {
             backend: None,
             attempts: 0,
             bytes_sent: 0,
+            upstream_started: None,
+            upstream_answered: None,
             in_flight: None,
             open_request,
             metrics: Arc::clone(&self.runtime.metrics),
         };
         let service = self.clone();
-        async move { service.respond(request, completion).await }
+        async move { service.respond(request, completion, snapshot).await }
     }
 
     /// What [`ProxyService::handle`] answers, `completion` learning what happens.
@@ -105,8 +115,8 @@ impl ProxyService {
         &self,
         request: Request<Incoming>,
         mut completion: Completion,
+        snapshot: Arc<Snapshot>,
     ) -> Response<ResponseBody> {
-        let snapshot = self.runtime.snapshot();
         // One validation step for every request, whatever its protocol, before anything reads it.
         let host = match validate::check(&request, &validate::Limits::of(&snapshot.config.listen)) {
             Ok(host) => host,
@@ -120,6 +130,7 @@ impl ProxyService {
             .await
         {
             Ok((response, in_flight)) => {
+                completion.upstream_answered = Some(Instant::now());
                 let (parts, body) = response.into_parts();
                 completion.status = parts.status;
                 completion.in_flight = Some(in_flight);
@@ -169,6 +180,7 @@ impl ProxyService {
         let sticky_index = sticky_index
             .or_else(|| session_owner.filter(|&index| pool.backends[index].takes_sticky_work()));
         let client_upgrade = self.prepare(&mut request, host, snapshot);
+        headers::set_request_id(request.headers_mut(), &completion.request_id);
         if let (Some(store), Some(current)) = (store, &session) {
             store
                 .headers()
@@ -201,6 +213,7 @@ impl ProxyService {
                 session_fields,
             ))
         };
+        completion.upstream_started = Some(Instant::now());
         let mut tried: Vec<usize> = Vec::new();
         // A session whose owner cannot serve it fails over in mod_jk's order.
         let owner = target.as_ref().map(|t| t.owner).or(session_owner);
@@ -433,19 +446,73 @@ impl ProxyService {
         };
         headers::join_split_cookies(request.version(), request.headers_mut());
         *request.version_mut() = Version::HTTP_11;
-        let trusted = snapshot
-            .forwarded
-            .trusted
-            .iter()
-            .any(|net| net.contains(&self.client.ip()));
         headers::set_forwarded(
             request.headers_mut(),
             self.client.ip(),
             self.scheme,
             host,
-            trusted,
+            self.trusts(snapshot),
         );
         client_upgrade
+    }
+
+    /// Whether the client is another proxy (`[forwarded] trusted`), whose X-Forwarded-* and
+    /// X-Request-Id are kept.
+    fn trusts(&self, snapshot: &Snapshot) -> bool {
+        snapshot
+            .forwarded
+            .trusted
+            .iter()
+            .any(|net| net.contains(&self.client.ip()))
+    }
+}
+
+/// What the access log takes from a request's head, gathered only while it is on.
+#[derive(Default)]
+struct LoggedHead {
+    query: String,
+    host: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+}
+
+impl LoggedHead {
+    /// The query (session parameters of `snapshot`'s config redacted) and the headers; nothing,
+    /// and no allocation, while the access log is off.
+    fn of<B>(request: &Request<B>, snapshot: &Snapshot) -> LoggedHead {
+        if !crate::logging::access_log_on() {
+            return LoggedHead::default();
+        }
+        let session_parameters = || {
+            let sticky = snapshot
+                .pools
+                .iter()
+                .filter_map(|pool| pool.config.sticky.as_ref()?.url_parameter.as_deref());
+            snapshot
+                .config
+                .session
+                .url_parameter
+                .as_deref()
+                .into_iter()
+                .chain(sticky)
+                .chain(["jsessionid"])
+        };
+        let query = request.uri().query().map_or_else(String::new, |query| {
+            crate::logging::access::loggable_query(query, |name| {
+                session_parameters().any(|session| session.eq_ignore_ascii_case(name))
+            })
+        });
+        let headers = request.headers();
+        let host = headers.get(HOST).cloned().or_else(|| {
+            let authority = request.uri().authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        LoggedHead {
+            query,
+            host,
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            referer: headers.get(http::header::REFERER).cloned(),
+        }
     }
 }
 
