@@ -15,17 +15,18 @@ pub struct LeastConn {
 impl Select for LeastConn {
     fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
         let rotation = candidates.eligible_indexes();
-        let admitted: Vec<(usize, usize)> = rotation
+        let admitted = candidates.admitted(&rotation);
+        // One reading of each count, so that the least busy are judged on the same figures.
+        let open: Vec<usize> = admitted
             .iter()
-            .copied()
-            .filter(|&i| candidates.admits(i))
-            .map(|i| (i, candidates.backends[i].live.in_flight()))
+            .map(|&i| candidates.backends[i].live.in_flight())
             .collect();
-        let fewest = admitted.iter().map(|&(_, open)| open).min()?;
+        let fewest = *open.iter().min()?;
         let least_busy: Vec<usize> = admitted
             .iter()
-            .filter(|&&(_, open)| open == fewest)
-            .map(|&(i, _)| i)
+            .zip(&open)
+            .filter(|&(_, &count)| count == fewest)
+            .map(|(&i, _)| i)
             .collect();
         next_turn(&self.next, &rotation, &least_busy)
     }

@@ -58,6 +58,15 @@ impl Candidates<'_> {
             .collect()
     }
 
+    /// Those of `rotation` (eligible backends) that this request may go to ([`Self::admits`]).
+    pub fn admitted(&self, rotation: &[usize]) -> Vec<usize> {
+        rotation
+            .iter()
+            .copied()
+            .filter(|&i| self.admits(i))
+            .collect()
+    }
+
     /// Whether this request may go to eligible backend `i`: not tried by it yet, under its
     /// `max_connections`, and past its slow start's dice (rolled anew on each call). A full
     /// backend keeps its place in the rotation and gives up its turn, as a tried one does.

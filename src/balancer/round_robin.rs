@@ -14,11 +14,7 @@ pub struct RoundRobin {
 impl Select for RoundRobin {
     fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
         let rotation = candidates.eligible_indexes();
-        let admitted: Vec<usize> = rotation
-            .iter()
-            .copied()
-            .filter(|&i| candidates.admits(i))
-            .collect();
+        let admitted = candidates.admitted(&rotation);
         next_turn(&self.next, &rotation, &admitted)
     }
 }

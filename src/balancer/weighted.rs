@@ -23,11 +23,7 @@ impl SmoothWeighted {
 impl Select for SmoothWeighted {
     fn select(&self, candidates: &Candidates<'_>, _client: IpAddr) -> Option<usize> {
         let rotation = candidates.eligible_indexes();
-        let admitted: Vec<usize> = rotation
-            .iter()
-            .copied()
-            .filter(|&i| candidates.admits(i))
-            .collect();
+        let admitted = candidates.admitted(&rotation);
         let first_admitted = *admitted.first()?;
         let weight = |i: usize| i64::from(candidates.backends[i].weight());
         let total: i64 = rotation.iter().map(|&i| weight(i)).sum();
