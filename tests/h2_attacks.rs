@@ -520,21 +520,15 @@ async fn made_you_reset(pool_keys: &str, frames: &[RawFrame]) {
     // A control request, then the backend's connections settle: every one tandem does not
     // hold open (its gauge) has closed.
     assert_eq!(get(&client(), &tandem.url("/")).await.status, 200);
-    let gauge = format!(
-        "tandem_backend_connections{{backend=\"{}\",pool=\"web\"}}",
-        backend.address
-    );
+    let series = format!("backend=\"{}\",pool=\"web\"", backend.address);
     let until = Instant::now() + DEADLINE;
     loop {
         let metrics = get(&client(), &tandem.admin_url("/metrics")).await.body;
         let held = metrics
             .lines()
-            .find_map(|line| {
-                line.strip_prefix(gauge.as_str())?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
+            .filter(|line| line.starts_with("tandem_backend_connections{"))
+            .find(|line| line.contains(series.as_str()))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0) as usize;
         let open = backend.accepted.load(Ordering::SeqCst) - backend.closed.load(Ordering::SeqCst);
         if open == held {
