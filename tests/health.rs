@@ -101,7 +101,7 @@ async fn a_backend_that_does_not_answer_in_time_goes_down() {
     let tandem = Tandem::start(&config(&pools));
     let line = tandem.wait_log("backend is DOWN");
     assert!(
-        line.contains(&address.to_string()) && line.contains("no answer within"),
+        line.contains(&address.to_string()) && line.contains("timed out after"),
         "{line}"
     );
     for _ in 0..4 {

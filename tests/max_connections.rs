@@ -228,7 +228,10 @@ async fn a_request_queued_past_queue_timeout_is_a_503_and_not_the_backends_fault
     assert_eq!((next.status.as_u16(), next.body.as_str()), (200, "slow"));
     assert_eq!(slow.high_water.load(Ordering::SeqCst), 1);
     let up = "tandem_backend_up{backend=\"".to_string() + &slow.address.to_string();
-    assert_eq!(metric(&tandem, &(up + "\",pool=\"web\"}")).await, 1.0);
+    assert_eq!(
+        metric(&tandem, &(up + "\",pool=\"web\",route=\"slow\"}")).await,
+        1.0
+    );
 }
 
 #[tokio::test]
