@@ -16,7 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, ListenConfig, SessionMode};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, SharedTables};
-use crate::server::{self, ListenerKind};
+use crate::server::{self, ListenerKind, Sharing};
 use crate::session::clock::Clock;
 use crate::session::snapshot::Loaded;
 use crate::session::{ChangeListener, SessionStore};
@@ -39,8 +39,8 @@ impl App {
     /// starts the health checks. Session timeouts run on `clock`.
     pub async fn bind(config: Config, clock: Arc<dyn Clock>) -> io::Result<App> {
         let listen = &config.listen;
-        let plain = server::bind(&listen.addresses).await?;
-        let tls_listeners = server::bind(&listen.tls_addresses).await?;
+        let plain = server::bind(&listen.addresses, Sharing::ReusePort)?;
+        let tls_listeners = server::bind(&listen.tls_addresses, Sharing::ReusePort)?;
         // Redirects name the port the first TLS listener is bound to.
         let https_port = tls_listeners
             .first()
@@ -63,13 +63,16 @@ impl App {
             Some(built)
         };
         let admin_listener = match &config.admin {
-            Some(admin) => Some(server::bind(&[admin.address]).await?.remove(0)),
+            Some(admin) => Some(server::bind(&[admin.address], Sharing::ReusePort)?.remove(0)),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
         let cluster = match &config.cluster {
             Some(cluster_config) => {
-                let listener = server::bind(&[cluster_config.listen]).await?.remove(0);
+                // Exclusive: two processes of one node id on the peer port would split the peers'
+                // replication streams between them (README, "Seamless restart").
+                let listener =
+                    server::bind(&[cluster_config.listen], Sharing::Exclusive)?.remove(0);
                 let peer_up = metrics.peer_up.clone();
                 let replication = metrics.replication.clone();
                 let cluster = Cluster::new(cluster_config.clone(), peer_up, replication)

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::ListenConfig;
@@ -26,17 +27,44 @@ use crate::proxy::{validate, ProxyService};
 use crate::proxy_protocol::{self, Prefixed, Rejection};
 use crate::runtime::Runtime;
 
+/// Whether a listener shares its address with other processes (`SO_REUSEPORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The address is this process's alone: a second process cannot bind it.
+    Exclusive,
+    /// A new tandem started on the same config can bind the address while this one still
+    /// serves, and the kernel spreads new connections between them: the seamless restart.
+    ReusePort,
+}
+
+/// How many finished handshakes wait in each listener's accept queue (tokio's own default).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds every configured address. Done before anything else starts, so that a taken port is an
 /// error at startup, not a surprise later.
-pub async fn bind(addresses: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addresses.len());
-    for address in addresses {
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
-        listeners.push(listener);
+pub fn bind(addresses: &[SocketAddr], sharing: Sharing) -> io::Result<Vec<TcpListener>> {
+    addresses
+        .iter()
+        .map(|address| {
+            bind_one(*address, sharing)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+        })
+        .collect()
+}
+
+fn bind_one(address: SocketAddr, sharing: Sharing) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart need not wait for the old connections' TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if sharing == Sharing::ReusePort {
+        socket.set_reuseport(true)?;
     }
-    Ok(listeners)
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// What a public listener speaks.
@@ -61,6 +89,7 @@ pub async fn serve(
 ) -> bool {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let (drain, draining) = watch::channel(false);
+    let (stop_accepting, accepting_stopped) = watch::channel(false);
     let builder = Arc::new(http_builder(limits));
     let mut acceptors = JoinSet::new();
     for (listener, kind) in listeners {
@@ -78,10 +107,12 @@ pub async fn serve(
             kind,
             Arc::clone(&connections),
             context,
+            accepting_stopped.clone(),
         ));
     }
     shutdown.await;
-    acceptors.shutdown().await;
+    let _ = stop_accepting.send(true);
+    acceptors.join_all().await;
     let open = limits.max_connections - connections.available_permits();
     tracing::info!(
         open_connections = open,
@@ -137,51 +168,117 @@ struct ConnectionContext {
     proxy_protocol_from: Option<Arc<[IpNet]>>,
 }
 
+/// Accepts connections until `stop` turns true, then takes those already in the accept queue
+/// and closes the listener.
 async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
     connections: Arc<Semaphore>,
     context: ConnectionContext,
+    mut stop: watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
     loop {
-        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let Ok(permit) = permit else {
             return;
         };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => spawn_connection(stream, peer, kind, permit, &context),
             Err(error) => {
                 // Out of file descriptors and the like: never fatal, but back off a little.
                 tracing::warn!(listener = ?local, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
+        }
+    }
+    accept_queued(listener, kind, &connections, &context);
+}
+
+/// Serves the connections already waiting in the accept queue of a listener about to close.
+/// With `SO_REUSEPORT` the kernel has already completed their handshakes on this socket and
+/// would reset them at its close, although a new process on the same address takes new ones;
+/// the accept calls are made directly (not through the reactor, whose readiness may lag) until
+/// the queue is empty. What arrives between the last accept and the close is still lost: see
+/// README, "Seamless restart".
+fn accept_queued(
+    listener: TcpListener,
+    kind: ListenerKind,
+    connections: &Arc<Semaphore>,
+    context: &ConnectionContext,
+) {
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    let local = listener.local_addr().ok();
+    let mut taken = 0_usize;
+    loop {
+        let Ok(permit) = Arc::clone(connections).try_acquire_owned() else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
-        let context = context.clone();
-        tokio::spawn(async move {
-            let open = context.runtime.metrics.client_connections.clone();
-            open.inc();
-            if let Some((stream, client)) = client_of(stream, peer, &context).await {
-                match kind {
-                    ListenerKind::Plain => {
-                        serve_connection(stream, client, context, Handler::Proxy("http")).await
-                    }
-                    ListenerKind::RedirectToHttps(port) => {
-                        let handler = Handler::RedirectToHttps(port);
-                        serve_connection(stream, client, context, handler).await
-                    }
-                    ListenerKind::Tls => {
-                        if let Some(tls) = handshake(stream, client, &context).await {
-                            serve_connection(tls, client, context, Handler::Proxy("https")).await;
-                        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream));
+                if let Ok(stream) = stream {
+                    spawn_connection(stream, peer, kind, permit, context);
+                    taken += 1;
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) => {
+                tracing::warn!(listener = ?local, %error, "accept failed while closing the listener");
+                break;
+            }
+        }
+    }
+    if taken > 0 {
+        tracing::info!(listener = ?local, connections = taken, "served the connections queued at the listener's close");
+    }
+}
+
+/// Serves one accepted connection on its own task, holding `permit` until it ends.
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    permit: OwnedSemaphorePermit,
+    context: &ConnectionContext,
+) {
+    let _ = stream.set_nodelay(true);
+    let context = context.clone();
+    tokio::spawn(async move {
+        let open = context.runtime.metrics.client_connections.clone();
+        open.inc();
+        if let Some((stream, client)) = client_of(stream, peer, &context).await {
+            match kind {
+                ListenerKind::Plain => {
+                    serve_connection(stream, client, context, Handler::Proxy("http")).await
+                }
+                ListenerKind::RedirectToHttps(port) => {
+                    let handler = Handler::RedirectToHttps(port);
+                    serve_connection(stream, client, context, handler).await
+                }
+                ListenerKind::Tls => {
+                    if let Some(tls) = handshake(stream, client, &context).await {
+                        serve_connection(tls, client, context, Handler::Proxy("https")).await;
                     }
                 }
             }
-            open.dec();
-            drop(permit);
-        });
-    }
+        }
+        open.dec();
+        drop(permit);
+    });
 }
 
 /// Who a new connection from `peer` serves: `peer` itself, or with the PROXY protocol on, the
@@ -267,9 +364,26 @@ async fn serve_connection<S>(
         }
     };
     let service_activity = Arc::clone(&activity);
+    let service_draining = context.draining.clone();
     let service = service_fn(move |request: Request<Incoming>| {
+        let http1 = request.version() < Version::HTTP_2;
+        if !http1 {
+            service_activity.http2.store(true, Ordering::Relaxed);
+        }
         let answer = proxy.handle(request, service_activity.open());
-        async move { Ok::<_, Infallible>(answer.await) }
+        let draining = service_draining.clone();
+        async move {
+            let mut response = answer.await;
+            // While draining, an HTTP/1 response ends its connection, so that a keep-alive
+            // client's next request goes to a new connection (a new process, on a restart)
+            // rather than racing an idle close. An upgrade keeps its connection.
+            if http1 && *draining.borrow() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = context
         .builder
@@ -279,10 +393,11 @@ async fn serve_connection<S>(
         tokio::time::interval((context.idle_timeout / 2).max(Duration::from_millis(1)));
     idle_check.tick().await;
     let mut idle = IdleTracker::new(&activity);
-    let mut closing = *context.draining.borrow();
-    if closing {
-        connection.as_mut().graceful_shutdown();
-    }
+    let mut closing = false;
+    // Armed when the drain begins, for connections that may still bring a request.
+    let drain_grace = tokio::time::sleep(DRAIN_GRACE);
+    tokio::pin!(drain_grace);
+    let mut drain_grace_armed = *context.draining.borrow();
     // A connection must bring its first request within the header read timeout, whatever the
     // protocol: hyper's own timer starts only once it knows the protocol, which takes bytes.
     let first_request = tokio::time::sleep(context.header_read_timeout);
@@ -337,13 +452,29 @@ async fn serve_connection<S>(
                     return;
                 }
             }
-            _ = context.draining.changed(), if !closing => {
+            _ = context.draining.changed(), if !closing && !drain_grace_armed => {
+                if activity.http2.load(Ordering::Relaxed) {
+                    // GOAWAY tells the client which streams were taken: nothing to wait for.
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    drain_grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+                    drain_grace_armed = true;
+                }
+            }
+            _ = &mut drain_grace, if drain_grace_armed && !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
         }
     }
 }
+
+/// How long a draining connection not known to speak HTTP/2 is given to bring one more request
+/// (answered with `Connection: close`) before it is closed. Closing an idle HTTP/1 connection
+/// races the client's next request, which it then sees fail; a keep-alive client under load
+/// sends that request within milliseconds, so after this grace only a quiet client is closed.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// Tells when a connection has been idle for the idle timeout: checked every half period, it is
 /// idle after two checks in a row that saw no new request and none open, so an idle connection
@@ -377,6 +508,8 @@ impl IdleTracker {
 #[derive(Debug, Default)]
 pub struct Activity {
     started: AtomicU64,
+    /// Whether a request came over HTTP/2: then the drain sends GOAWAY at once.
+    http2: AtomicBool,
     open: AtomicUsize,
     /// Whether the last response-body poll handed data to hyper: if hyper then stops asking,
     /// the client is not reading.
