@@ -39,6 +39,36 @@ impl App {
     /// starts the health checks. Session timeouts run on `clock`.
     pub async fn bind(config: Config, clock: Arc<dyn Clock>) -> io::Result<App> {
         let listen = &config.listen;
+        let tls = if listen.certificates.is_empty() {
+            None
+        } else {
+            let built = crate::tls::server_config(&listen.certificates)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            Some(built)
+        };
+        let metrics = Arc::new(Metrics::new());
+        // The peer listener is exclusive: two processes of one node id on the peer port would
+        // split the peers' replication between them. It and everything else that can fail is
+        // done before the shared listeners are bound, so that a new process that fails to start
+        // has not taken a share of the public connections only to reset them as it exits
+        // (README, "Seamless restart").
+        let cluster = match &config.cluster {
+            Some(cluster_config) => {
+                let listener =
+                    server::bind(&[cluster_config.listen], Sharing::Exclusive)?.remove(0);
+                let peer_up = metrics.peer_up.clone();
+                let replication = metrics.replication.clone();
+                let cluster = Cluster::new(cluster_config.clone(), peer_up, replication)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                let cluster = Arc::new(cluster);
+                Some((cluster, listener))
+            }
+            None => None,
+        };
+        let admin_listener = match &config.admin {
+            Some(admin) => Some(server::bind(&[admin.address], Sharing::ReusePort)?.remove(0)),
+            None => None,
+        };
         let plain = server::bind(&listen.addresses, Sharing::ReusePort)?;
         let tls_listeners = server::bind(&listen.tls_addresses, Sharing::ReusePort)?;
         // Redirects name the port the first TLS listener is bound to.
@@ -55,33 +85,6 @@ impl App {
             .map(|listener| (listener, plain_kind))
             .chain(tls_listeners.into_iter().map(|l| (l, ListenerKind::Tls)))
             .collect();
-        let tls = if listen.certificates.is_empty() {
-            None
-        } else {
-            let built = crate::tls::server_config(&listen.certificates)
-                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-            Some(built)
-        };
-        let admin_listener = match &config.admin {
-            Some(admin) => Some(server::bind(&[admin.address], Sharing::ReusePort)?.remove(0)),
-            None => None,
-        };
-        let metrics = Arc::new(Metrics::new());
-        let cluster = match &config.cluster {
-            Some(cluster_config) => {
-                // Exclusive: two processes of one node id on the peer port would split the peers'
-                // replication streams between them (README, "Seamless restart").
-                let listener =
-                    server::bind(&[cluster_config.listen], Sharing::Exclusive)?.remove(0);
-                let peer_up = metrics.peer_up.clone();
-                let replication = metrics.replication.clone();
-                let cluster = Cluster::new(cluster_config.clone(), peer_up, replication)
-                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-                let cluster = Arc::new(cluster);
-                Some((cluster, listener))
-            }
-            None => None,
-        };
         let sessions = (config.session.mode == SessionMode::Proxy).then(|| {
             let mut listeners: Vec<Arc<dyn ChangeListener>> = vec![metrics.sessions.clone()];
             if let Some((cluster, _)) = &cluster {

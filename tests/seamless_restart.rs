@@ -120,3 +120,43 @@ async fn connection_close_load_sees_no_error_with_the_admin_port_shared_too() {
     )
     .await;
 }
+
+/// A cluster node cannot share its peer port: a second process of the same node exits with
+/// the peer address in its error, before it binds the public port, and the first one serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_of_a_cluster_node_refuses_to_start_and_the_first_serves_on() {
+    let backend = Backend::start("app").await;
+    let (public_port, peer_port, other_peer) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[session]\nmode = \"proxy\"\n\n[cluster]\nname = \"restart\"\nnode_id = \"n1\"\n\
+         listen = \"127.0.0.1:{peer_port}\"\npeers = [\"127.0.0.1:{other_peer}\"]\n\
+         secret = \"seamless-restart-cluster-secret-0123456789\"\n\n{}",
+        fixed_config(public_port, free_port(), &backend)
+    );
+    let a = Tandem::start(&config);
+    let mut second = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("-c")
+        .arg(&a.config_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the second tandem");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while second.try_wait().expect("poll the second tandem").is_none() {
+        if std::time::Instant::now() > until {
+            let _ = second.kill();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = second.wait_with_output().expect("second tandem ran");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "second tandem's log:\n{log}");
+    assert!(
+        log.contains(&format!("cannot listen on 127.0.0.1:{peer_port}")),
+        "second tandem's log:\n{log}"
+    );
+    assert_eq!(get(&client(), &a.url("/")).await.status, 200);
+}
