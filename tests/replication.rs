@@ -979,3 +979,50 @@ async fn a_peer_joining_a_node_whose_clock_runs_ahead_takes_no_session_from_its_
     let refused = "tandem_session_updates_rejected_total{reason=\"clock_skew\"}";
     assert_eq!(metric(&joining, refused).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_mode_a_joining_peer_is_ready_only_once_every_peer_it_reached_replicates_to_it() {
+    let backend = Backend::start("app").await;
+    let ports = [free_port(), free_port(), free_port()];
+    // Node 0 dials node 2 through a relay that refuses connections until healed; node 2
+    // reaches node 0 directly. Until then node 0 hears node 2 but cannot send it changes.
+    let relay = FaultRelay::start(([127, 0, 0, 1], ports[2]).into(), Duration::ZERO).await;
+    relay.cut();
+    let through_relay = [ports[0], ports[1], relay.address.port()];
+    let sync = "replication = \"sync\"\nsync_timeout = \"1s\"";
+    let first = Tandem::start(&node_via(0, ports[0], &through_relay, &backend, sync));
+    let second = Tandem::start(&node_via(1, ports[1], &ports, &backend, sync));
+    first.wait_ready().await;
+    second.wait_ready().await;
+    let cookie = new_counter(&first).await;
+    let joining = Tandem::start(&node_via(2, ports[2], &ports, &backend, sync));
+    let readyz = joining.admin_url("/readyz");
+    // Each write through node 0 waits for node 2 up to `sync_timeout` while the relay is cut
+    // (1 s a round): the relay heals after about 4 s, well past node 2's `drop_after` (1 s).
+    let (heal_round, mut ready_rounds) = (5, 0);
+    let until = Instant::now() + DEADLINE;
+    for count in 1..=200 {
+        assert!(Instant::now() < until, "node 2 never ready");
+        if count == heal_round {
+            relay.heal();
+        }
+        let patch = format!(r#"{{"count":{count}}}"#);
+        call(&first, Some(&cookie), &[("x-tandem-session-patch", &patch)]).await;
+        if get(&client(), &readyz).await.status != 200 {
+            continue;
+        }
+        // Ready: every change node 0 answered for is on node 2.
+        let (seen, _) = call(&joining, Some(&cookie), &[]).await;
+        assert_eq!(
+            seen["data"]["count"],
+            count,
+            "node 2 ready without node 0's acknowledged change (relay cut: {})",
+            count < heal_round
+        );
+        ready_rounds += 1;
+        if ready_rounds == 5 {
+            return;
+        }
+    }
+    panic!("node 2 was ready in only {ready_rounds} rounds");
+}

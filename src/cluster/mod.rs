@@ -15,7 +15,8 @@
 //! state; in the `backup` topology only the sessions the peer holds); the peer answers which of
 //! them it lacks or holds otherwise (`Wanted`), and those follow whole, with the ended ids, then
 //! `SyncDone`, then live changes; each inbound one is merged into the store. A node is ready (`/readyz`) once
-//! every peer it hears has sent its full state. In the `backup` topology a node asks the
+//! every peer it hears, and every peer it reached, has sent its full state (a peer it reached
+//! has heard it, so that peer's `sync` responses wait for it). In the `backup` topology a node asks the
 //! holders for a session it does not have (a `Fetch`, answered on the same connection), and
 //! re-homes its sessions when the live members change.
 
@@ -110,6 +111,10 @@ pub struct Cluster {
     members_changed: tokio::sync::Notify,
     /// The locks of the sessions this node owns (`lock_sessions`).
     locks: Arc<locks::SessionLocks>,
+    /// Woken when a peer this node has no connection to dials in: the dialling tasks waiting
+    /// to try again do so at once, since that peer waits for this node's full state before
+    /// it says it is ready (see [`Cluster::synced`]).
+    redial_now: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -141,6 +146,7 @@ impl Cluster {
             topology,
             members_changed: tokio::sync::Notify::new(),
             locks: Arc::default(),
+            redial_now: tokio::sync::Notify::new(),
             synced: Mutex::new(HashSet::new()),
             started: Instant::now(),
         })
@@ -168,8 +174,17 @@ impl Cluster {
     }
 
     /// Whether this node has the cluster's state: every peer it hears has sent its full state,
-    /// and it has heard every configured peer or waited `drop_after` for them.
+    /// and so has every peer it reached (which must therefore have dialled it back: only then
+    /// do that peer's `sync` responses wait for this node), and it has heard every configured
+    /// peer or waited `drop_after` for them.
     pub fn synced(&self) -> bool {
+        // Read before the locks below: the replicator takes its own.
+        let reached: Vec<String> = self
+            .replicator
+            .backlog()
+            .into_iter()
+            .map(|(node_id, _)| node_id)
+            .collect();
         let peers = self
             .peers
             .lock()
@@ -185,6 +200,7 @@ impl Cluster {
                 .iter()
                 .filter(|(_, status)| status.alive)
                 .all(|(node_id, _)| synced.contains(node_id))
+            && reached.iter().all(|node_id| synced.contains(node_id))
     }
 
     /// This node's id.
@@ -385,6 +401,9 @@ impl Cluster {
             }
         };
         self.heard(&node_id, address);
+        if self.replicator.connection(&node_id).is_none() {
+            self.redial_now.notify_waiters();
+        }
         // Answers (acknowledgements, fetched sessions, lock grants) go out through one writer,
         // since lock grants come from tasks of their own.
         let (mut reader, mut writer) = tokio::io::split(stream);
@@ -561,12 +580,12 @@ impl Cluster {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     tracing::debug!(peer = %target, %error, "cannot reach peer");
-                    tokio::time::sleep(REDIAL_AFTER).await;
+                    self.pause_before_redial().await;
                     continue;
                 }
                 Err(_) => {
                     tracing::debug!(peer = %target, "connecting to peer timed out");
-                    tokio::time::sleep(REDIAL_AFTER).await;
+                    self.pause_before_redial().await;
                     continue;
                 }
             };
@@ -592,7 +611,7 @@ impl Cluster {
                             continue;
                         }
                         Err(_) => {
-                            tokio::time::sleep(REDIAL_AFTER).await;
+                            self.pause_before_redial().await;
                             continue;
                         }
                     }
@@ -605,7 +624,7 @@ impl Cluster {
                 // A connection that broke (the peer starting or stopping): try again soon.
                 Err(Refusal::Broken(reason)) => {
                     tracing::debug!(peer = %target, %reason, "peer handshake broke off");
-                    tokio::time::sleep(REDIAL_AFTER).await;
+                    self.pause_before_redial().await;
                     continue;
                 }
                 Err(refusal) => {
@@ -617,7 +636,19 @@ impl Cluster {
             if let Err(error) = self.replicate(stream, &node_id, &shared).await {
                 tracing::debug!(peer = %target, %error, "peer connection lost; redialling");
             }
+            // Not woken early: two peers whose connections break right after the handshake
+            // would otherwise wake each other's dialling without pause.
             tokio::time::sleep(REDIAL_AFTER).await;
+        }
+    }
+
+    /// Waits `REDIAL_AFTER` before a dialling task that could not connect tries again, or
+    /// less if a peer this node has no connection to dials in meanwhile (it may be the one
+    /// this task dials).
+    async fn pause_before_redial(&self) {
+        tokio::select! {
+            _ = tokio::time::sleep(REDIAL_AFTER) => {}
+            _ = self.redial_now.notified() => {}
         }
     }
 
@@ -633,7 +664,7 @@ impl Cluster {
         // Subscribed before the full state is read, so that nothing written meanwhile is
         // missed (what is sent twice merges to the same result). Every change numbered up to
         // `covered` is already in the store, so the full state's acknowledgement covers it.
-        let subscription = self.replicator.subscribe(node_id);
+        let mut subscription = self.replicator.subscribe(node_id);
         let covered = subscription.covered;
         let (mut reader, mut writer) = tokio::io::split(stream);
         // The digest of what this node has (in the `backup` topology, of the sessions the peer
@@ -689,8 +720,16 @@ impl Cluster {
                     backend_id: placement.backend_id,
                 }),
         );
+        // The changes queued since subscribing go before `SyncDone`: the peer says it is ready
+        // once `SyncDone` is merged, and `sync` responses of those changes may be answered by
+        // then (they waited for a connection that was being set up, and may have timed out).
+        let mut sequence = covered;
+        while let Ok((queued, change)) = subscription.changes.try_recv() {
+            sequence = sequence.max(queued);
+            state.push(change);
+        }
         state.push(Replicated::SyncDone);
-        send_batches(&mut writer, state, covered, &self.metrics).await?;
+        send_batches(&mut writer, state, sequence, &self.metrics).await?;
         let lag = Arc::new(Lag::new(self.metrics.lag.with_label_values(&[node_id])));
         let acknowledgements = tokio::spawn(read_answers(
             reader,
