@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::raw_h2::hpack;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -153,36 +154,6 @@ impl RawH2 {
             }
         }
     }
-}
-
-/// An HPACK integer with an `prefix`-bit prefix, its first byte or-ed with `flags`.
-fn hpack_integer(value: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
-    let limit = (1usize << prefix) - 1;
-    if value < limit {
-        out.push(flags | value as u8);
-        return;
-    }
-    out.push(flags | limit as u8);
-    let mut rest = value - limit;
-    while rest >= 128 {
-        out.push((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    out.push(rest as u8);
-}
-
-/// A header block of literal fields without indexing, names and values as given (raw bytes,
-/// no Huffman): what a hostile client can put on the wire.
-fn hpack(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in headers {
-        block.push(0x00);
-        hpack_integer(name.len(), 7, 0, &mut block);
-        block.extend_from_slice(name);
-        hpack_integer(value.len(), 7, 0, &mut block);
-        block.extend_from_slice(value);
-    }
-    block
 }
 
 /// The request pseudo-headers of a GET of `path`, then `extra`.
